@@ -48,8 +48,9 @@ $(BUILD)/%.o: %.c
 
 # Unit tests link the library objects they need only: each test lists its
 # modules in a line `// UNIT-DEPS: core/config.c core/log.c` near its top.
+unit_deps = $(addprefix $(BUILD)/,$(addsuffix .o,$(basename $(shell sed -n 's|^// UNIT-DEPS:||p' tests/unit/$(1).c))))
 .SECONDEXPANSION:
-$(BUILD)/tests/unit/%: tests/unit/%.c $$(addprefix $(BUILD)/,$$(addsuffix .o,$$(basename $$(shell sed -n 's|^// UNIT-DEPS:||p' tests/unit/$$*.c))))
+$(BUILD)/tests/unit/%: tests/unit/%.c $$(call unit_deps,$$*)
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS) $(shell pkg-config --libs cmocka)
 

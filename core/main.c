@@ -1,0 +1,281 @@
+/* pmd — main(): command line, start-up order, signals, graceful stop.
+ * The only place that exits. */
+#include <curl/curl.h>
+#include <cjson/cJSON.h>
+#include <event2/event.h>
+#include <event2/thread.h>
+#include <ini.h>
+#include <openssl/crypto.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "control.h"
+#include "daemon.h"
+#include "httpc.h"
+#include "log.h"
+#include "proxy.h"
+#include "sdnotify.h"
+#include "snapshot.h"
+#include "supervisor.h"
+#include "tls.h"
+
+#define DEFAULT_CONFIG "/etc/pmd/pmd.ini"
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+		"usage: pmd run [-c FILE]     run in the foreground (default " DEFAULT_CONFIG ")\n"
+		"       pmd check [-c FILE]   validate the configuration and exit\n"
+		"       pmd version           version and library versions\n");
+}
+
+static int cmd_version(void)
+{
+	curl_version_info_data *cv = curl_version_info(CURLVERSION_NOW);
+	printf("pmd %s\n", PMD_VERSION);
+	printf("libevent %s\n", event_get_version());
+	printf("%s\n", OpenSSL_version(OPENSSL_VERSION));
+	printf("libcurl %s\n", cv->version);
+	printf("cJSON %s\n", cJSON_Version());
+	return 0;
+}
+
+/* Load the config; on failure print every problem and return NULL. */
+static struct pmd_config *load(const char *path)
+{
+	struct pmd_config *cfg = NULL;
+	struct strlist errs = { 0 };
+	if (config_load(path, &cfg, &errs) < 0) {
+		for (size_t i = 0; i < errs.n; i++)
+			fprintf(stderr, "%s\n", errs.v[i]);
+		if (errs.n == 0)
+			fprintf(stderr, "%s: invalid configuration\n", path);
+		cfg = NULL;
+	}
+	strlist_free(&errs);
+	return cfg;
+}
+
+static int cmd_check(const char *path)
+{
+	struct pmd_config *cfg = load(path);
+	if (!cfg)
+		return 1;
+	config_free(cfg);
+	printf("configuration ok\n");
+	return 0;
+}
+
+/* Run ---------------------------------------------------------------------- */
+
+struct runctx {
+	struct pmd d;
+	struct event *sigterm, *sigint, *sighup;
+	struct event *drain_timer, *watchdog;
+	struct timespec drain_deadline;
+};
+
+static long ms_until(const struct timespec *t)
+{
+	struct timespec now;
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	return (t->tv_sec - now.tv_sec) * 1000 + (t->tv_nsec - now.tv_nsec) / 1000000;
+}
+
+/* Graceful stop: poll the in-flight count every 50 ms until zero or the
+ * drain deadline, then leave the loop. */
+static void on_drain_tick(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	struct runctx *rc = arg;
+	long inflight = proxy_inflight(rc->d.proxy);
+	if (inflight > 0 && ms_until(&rc->drain_deadline) > 0) {
+		struct timeval tv = { 0, 50000 };
+		evtimer_add(rc->drain_timer, &tv);
+		return;
+	}
+	if (inflight > 0)
+		log_warn("drain timeout reached, closing in-flight requests inflight=%ld", inflight);
+	event_base_loopexit(rc->d.base, NULL);
+}
+
+static void on_stop_signal(evutil_socket_t sig, short what, void *arg)
+{
+	(void)what;
+	struct runctx *rc = arg;
+	if (rc->d.stopping) {
+		log_warn("second stop signal, exiting now signal=%d", (int)sig);
+		event_base_loopexit(rc->d.base, NULL);
+		return;
+	}
+	rc->d.stopping = 1;
+	sdnotify("STOPPING=1");
+	uint64_t drain_ms = 30000;
+	for (size_t i = 0; i < rc->d.cfg->n_services; i++)
+		if (i == 0 || rc->d.cfg->services[i].drain_timeout_ms > drain_ms)
+			drain_ms = rc->d.cfg->services[i].drain_timeout_ms;
+	log_info("stopping: no new connections, finishing in-flight requests signal=%d drain_timeout_ms=%llu",
+		(int)sig, (unsigned long long)drain_ms);
+	proxy_stop_accepting(rc->d.proxy);
+	clock_gettime(CLOCK_MONOTONIC, &rc->drain_deadline);
+	rc->drain_deadline.tv_sec += (time_t)(drain_ms / 1000);
+	rc->drain_deadline.tv_nsec += (long)(drain_ms % 1000) * 1000000;
+	if (rc->drain_deadline.tv_nsec >= 1000000000) {
+		rc->drain_deadline.tv_sec++;
+		rc->drain_deadline.tv_nsec -= 1000000000;
+	}
+	on_drain_tick(-1, 0, rc);
+}
+
+static void on_hup(evutil_socket_t sig, short what, void *arg)
+{
+	(void)sig;
+	(void)what;
+	struct runctx *rc = arg;
+	char *err = NULL;
+	sdnotify("RELOADING=1");
+	if (pmd_reload(&rc->d, &err) < 0)
+		log_error("SIGHUP reload failed error=%s", log_q(err ? err : "unknown"));
+	free(err);
+	sdnotify("READY=1");
+}
+
+static void on_watchdog(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	(void)arg;
+	sdnotify("WATCHDOG=1");
+}
+
+static void on_supervisor_changed(void *arg)
+{
+	pmd_republish(arg);
+}
+
+static int cmd_run(const char *path)
+{
+	struct runctx rc = { 0 };
+	struct pmd *d = &rc.d;
+	char *err = NULL;
+	int status = 1;
+
+	signal(SIGPIPE, SIG_IGN);
+	d->cfg = load(path);
+	if (!d->cfg)
+		return 1;
+	log_setup((enum log_level)d->cfg->log_level, (enum log_format)d->cfg->log_format);
+	d->started = time(NULL);
+	if (evthread_use_pthreads() < 0 || !(d->base = event_base_new())) {
+		log_error("cannot create the event loop");
+		goto out;
+	}
+	if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK || !(d->httpc = httpc_new(d->base))) {
+		log_error("cannot initialise the HTTP client");
+		goto out;
+	}
+	/* Bind before anything else so a busy port fails fast. */
+	if (!(d->proxy = proxy_new(d->cfg, &err)))
+		goto fail;
+	if (d->cfg->tls_mode != TLS_OFF && !(d->tls = tlsmgr_new(d, &err)))
+		goto fail;
+	pmd_republish(d); /* routes and statics; services hold until healthy */
+	if (proxy_start(d->proxy, &err) < 0)
+		goto fail;
+	if (!(d->sup = supervisor_new(d->base, d->httpc, d->cfg, on_supervisor_changed, d, &err)))
+		goto fail;
+	if (!(d->control = control_new(d, &err)))
+		goto fail;
+	if (supervisor_start(d->sup, &err) < 0)
+		goto fail;
+	pmd_republish(d);
+
+	rc.sigterm = evsignal_new(d->base, SIGTERM, on_stop_signal, &rc);
+	rc.sigint = evsignal_new(d->base, SIGINT, on_stop_signal, &rc);
+	rc.sighup = evsignal_new(d->base, SIGHUP, on_hup, &rc);
+	rc.drain_timer = evtimer_new(d->base, on_drain_tick, &rc);
+	if (!rc.sigterm || !rc.sigint || !rc.sighup || !rc.drain_timer ||
+	    evsignal_add(rc.sigterm, NULL) || evsignal_add(rc.sigint, NULL) || evsignal_add(rc.sighup, NULL)) {
+		log_error("cannot install signal handlers");
+		goto out;
+	}
+	uint64_t wd = sdnotify_watchdog_usec();
+	if (wd) {
+		struct timeval tv = { (time_t)(wd / 2 / 1000000), (suseconds_t)(wd / 2 % 1000000) };
+		rc.watchdog = event_new(d->base, -1, EV_PERSIST, on_watchdog, &rc);
+		if (rc.watchdog)
+			evtimer_add(rc.watchdog, &tv);
+	}
+	log_info("pmd started version=%s config=%s workers=%d services=%zu",
+		PMD_VERSION, log_q(path), d->cfg->workers, d->cfg->n_services);
+	sdnotify("READY=1");
+	event_base_dispatch(d->base);
+	log_info("pmd stopped");
+	status = 0;
+	goto out;
+fail:
+	log_error("pmd cannot start error=%s", log_q(err ? err : "unknown"));
+out:
+	free(err);
+	if (d->sup)
+		supervisor_shutdown(d->sup);
+	control_free(d->control);
+	proxy_free(d->proxy);
+	supervisor_free(d->sup);
+	tlsmgr_free(d->tls);
+	snapshot_shutdown();
+	httpc_free(d->httpc);
+	if (rc.sigterm)
+		event_free(rc.sigterm);
+	if (rc.sigint)
+		event_free(rc.sigint);
+	if (rc.sighup)
+		event_free(rc.sighup);
+	if (rc.drain_timer)
+		event_free(rc.drain_timer);
+	if (rc.watchdog)
+		event_free(rc.watchdog);
+	if (d->base)
+		event_base_free(d->base);
+	config_free(d->cfg);
+	curl_global_cleanup();
+	return status;
+}
+
+int main(int argc, char **argv)
+{
+	if (argc < 2) {
+		usage(stderr);
+		return 2;
+	}
+	const char *cmd = argv[1];
+	const char *path = DEFAULT_CONFIG;
+	if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0)
+		return cmd_version();
+	if (strcmp(cmd, "-h") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "help") == 0) {
+		usage(stdout);
+		return 0;
+	}
+	for (int i = 2; i < argc; i++) {
+		if ((strcmp(argv[i], "-c") == 0 || strcmp(argv[i], "--config") == 0) && i + 1 < argc) {
+			path = argv[++i];
+		} else {
+			fprintf(stderr, "pmd: unexpected argument \"%s\"\n", argv[i]);
+			usage(stderr);
+			return 2;
+		}
+	}
+	if (strcmp(cmd, "check") == 0)
+		return cmd_check(path);
+	if (strcmp(cmd, "run") == 0)
+		return cmd_run(path);
+	fprintf(stderr, "pmd: unknown command \"%s\"\n", cmd);
+	usage(stderr);
+	return 2;
+}
