@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Build the integration tests' images offline and push them to the test
+# registry. Needs DOCKER_HOST (our dockerd), DOCKER_CONFIG (registry login)
+# and PMD_TEST_REGISTRY. Prints `export NAME=IMAGE` lines on stdout.
+#
+#   frontend   busybox-static httpd serving /www on 127.0.0.1:$PORT
+#   backend    Debian's python3 + gunicorn running app.py on 127.0.0.1:$PORT;
+#              :1 (APP_VERSION=1), :2 (APP_VERSION=2), :broken (health 503)
+#
+# The rootfs are made from files of this host (no network): busybox-static
+# for a shell, and for the backend python3, its standard library, the
+# gunicorn package and the shared libraries ldd names.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+: "${PMD_TEST_REGISTRY:?}" "${DOCKER_HOST:?}"
+reg=$PMD_TEST_REGISTRY/pmd-test
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+# Copy files into the rootfs under their canonical folders (the host is
+# merged-/usr: /lib -> usr/lib), keeping symlinks and the files they name.
+put() {
+	local f paths=()
+	for f in "$@"; do
+		paths+=("$(readlink -f "$(dirname "$f")")/$(basename "$f")" "$(readlink -f "$f")")
+	done
+	tar -C / -cf - "${paths[@]#/}" | tar -C "$root" -xf -
+}
+
+# A merged-/usr skeleton with busybox as /bin/sh.
+skeleton() {
+	mkdir -p "$root/usr/bin" "$root/usr/lib" "$root/usr/lib64" "$root/tmp"
+	chmod 1777 "$root/tmp"
+	ln -s usr/bin "$root/bin"
+	ln -s usr/lib "$root/lib"
+	ln -s usr/lib64 "$root/lib64"
+	cp /bin/busybox "$root/usr/bin/busybox"
+	ln -s busybox "$root/usr/bin/sh"
+}
+
+# ---- frontend -------------------------------------------------------------
+root=$work/frontend
+skeleton
+mkdir -p "$root/www"
+cp "$here/index.html" "$root/www/index.html"
+echo 'window.ENV = {"source": "image"};' >"$root/www/env-config.js"
+tar -C "$root" -cf "$work/frontend.tar" .
+docker import \
+	-c 'ENV PORT=80' \
+	-c 'CMD ["/bin/sh", "-c", "exec /bin/busybox httpd -f -p 127.0.0.1:${PORT} -h /www"]' \
+	"$work/frontend.tar" "$reg/frontend:1" >/dev/null
+
+# ---- backend --------------------------------------------------------------
+root=$work/backend
+skeleton
+mkdir -p "$root/app"
+cp "$here/app.py" "$root/app/app.py"
+py=$(readlink -f /usr/bin/python3)
+pyver=$(/usr/bin/python3 -c 'import sys; print("python%d.%d" % sys.version_info[:2])')
+put /usr/bin/python3
+# The standard library without its tests, idle and tkinter.
+tar -C / -cf - --exclude="usr/lib/$pyver/test" --exclude="usr/lib/$pyver/idlelib" \
+	--exclude="usr/lib/$pyver/tkinter" --exclude="usr/lib/$pyver/ensurepip" \
+	--exclude="usr/lib/$pyver/lib2to3" --exclude='*/__pycache__/*.opt-*.pyc' \
+	"usr/lib/$pyver" | tar -C "$root" -xf -
+dp=/usr/lib/python3/dist-packages
+put $dp/gunicorn $dp/gunicorn-*.egg-info $dp/pkg_resources
+# Shared libraries of the interpreter and its extension modules.
+for lib in $( { ldd "$py"; find "/usr/lib/$pyver/lib-dynload" -name '*.so' -exec ldd {} \; ; } 2>/dev/null |
+	awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }' | sort -u); do
+	put "$lib"
+done
+tar -C "$root" -cf "$work/backend.tar" .
+cmd='CMD ["/bin/sh", "-c", "exec /usr/bin/python3 -m gunicorn --bind 127.0.0.1:${PORT} --workers 2 --chdir /app --access-logfile - app:app"]'
+docker import -c 'ENV PORT=8000' -c 'ENV APP_VERSION=1' -c "$cmd" \
+	"$work/backend.tar" "$reg/backend:1" >/dev/null
+docker import -c 'ENV PORT=8000' -c 'ENV APP_VERSION=2' -c "$cmd" \
+	"$work/backend.tar" "$reg/backend:2" >/dev/null
+docker import -c 'ENV PORT=8000' -c 'ENV APP_VERSION=broken' -c 'ENV APP_HEALTHY=0' -c "$cmd" \
+	"$work/backend.tar" "$reg/backend:broken" >/dev/null
+
+# Push, then drop the local copies so that pmd's pulls go to the registry.
+for img in frontend:1 backend:1 backend:2 backend:broken; do
+	docker push -q "$reg/$img" >/dev/null
+	docker rmi "$reg/$img" >/dev/null
+done
+
+echo "export PMD_TEST_IMAGE_FRONTEND=$reg/frontend:1"
+echo "export PMD_TEST_IMAGE_BACKEND=$reg/backend:1"
+echo "export PMD_TEST_IMAGE_BACKEND_V2=$reg/backend:2"
+echo "export PMD_TEST_IMAGE_BACKEND_BROKEN=$reg/backend:broken"
