@@ -1,0 +1,69 @@
+/* state — state.json in state_dir: what pmd must remember across its own
+ * restarts, per service: the live image, colour and instance id, previous
+ * images (rollback, keep_images), the last swap and a short deploy history.
+ * Written atomically after every change (fs_write_atomic). Main thread. */
+#ifndef PMD_STATE_H
+#define PMD_STATE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+struct cJSON;
+
+#define STATE_MAX_PREVIOUS 16
+#define STATE_HISTORY 10
+
+/* One swap (image swap, rollback or restart) as remembered. */
+struct state_swap {
+	char kind[16];           /* "swap" | "rollback" | "restart" */
+	char image[512];
+	char result[16];         /* "ok" | "failed" */
+	long started_at;         /* unix seconds */
+	long duration_ms;
+	char error[512];         /* "" when ok */
+};
+
+struct state_service {
+	char name[64];
+	char image[512];         /* live image, "" unknown */
+	char color[8];           /* live colour, "" unknown */
+	char instance_id[80];
+	char previous[STATE_MAX_PREVIOUS][512];   /* newest first */
+	size_t n_previous;
+	bool has_last_swap;
+	struct state_swap last_swap;
+	struct state_swap history[STATE_HISTORY]; /* newest first */
+	size_t n_history;
+};
+
+struct state {
+	struct state_service *svcs;
+	size_t n;
+};
+
+struct state *state_new(void);           /* empty; NULL on allocation failure */
+void state_free(struct state *st);       /* NULL ok */
+
+/* The entry of `name`, created empty when create is set (NULL if absent or
+ * on allocation failure). Pointers stay valid until the next create. */
+struct state_service *state_service(struct state *st, const char *name, bool create);
+
+/* Make `image` the newest previous image (moved to the front when already
+ * listed; the oldest beyond STATE_MAX_PREVIOUS dropped). "" is ignored. */
+void state_push_previous(struct state_service *ss, const char *image);
+/* Record a finished swap: last_swap and the front of history. */
+void state_record_swap(struct state_service *ss, const struct state_swap *sw);
+
+struct cJSON *state_to_json(const struct state *st);
+/* NULL with *errp ("services.backend.image: expected a string")
+ * when the document does not have the expected shape. */
+struct state *state_from_json(const struct cJSON *doc, char **errp);
+
+/* Load `path`. Returns 0 with *out, 1 when the file does not exist (*out
+ * empty state), -1 when it cannot be read or is corrupt (*errp says why
+ * and where; *out is an empty state to rebuild). */
+int state_load(const char *path, struct state **out, char **errp);
+/* Write atomically (mode 0600). 0 / -1 with *errp. */
+int state_save(const struct state *st, const char *path, char **errp);
+
+#endif
