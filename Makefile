@@ -33,7 +33,7 @@ PMCTL_OBJS := $(PMCTL_SRCS:%.c=$(BUILD)/%.o)
 UNIT_SRCS  := $(wildcard tests/unit/test_*.c)
 UNIT_BINS  := $(UNIT_SRCS:%.c=$(BUILD)/%)
 
-.PHONY: all clean install check unit integration deps fuzz
+.PHONY: all clean install check unit integration deps fuzz dist demo
 all: $(BUILD)/pmd $(BUILD)/pmctl
 
 $(BUILD)/pmd: $(PMD_OBJS)
@@ -70,9 +70,26 @@ fuzz:
 	@$(MAKE) -s -f tests/fuzz/fuzz.mk run
 
 install: all
-	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/sbin
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/sbin \
+		$(DESTDIR)$(PREFIX)/share/man/man1 $(DESTDIR)$(PREFIX)/share/man/man5 \
+		$(DESTDIR)$(PREFIX)/share/man/man8 $(DESTDIR)$(PREFIX)/lib/systemd/system \
+		$(DESTDIR)$(PREFIX)/share/doc/pmd/examples
 	install -m 0755 $(BUILD)/pmd $(DESTDIR)$(PREFIX)/sbin/pmd
 	install -m 0755 $(BUILD)/pmctl $(DESTDIR)$(PREFIX)/bin/pmctl
+	install -m 0644 man/pmctl.1 $(DESTDIR)$(PREFIX)/share/man/man1/pmctl.1
+	install -m 0644 man/pmd.ini.5 $(DESTDIR)$(PREFIX)/share/man/man5/pmd.ini.5
+	install -m 0644 man/pmd.8 $(DESTDIR)$(PREFIX)/share/man/man8/pmd.8
+	sed 's|/usr/local/|$(PREFIX)/|g' conf/pmd.service > $(DESTDIR)$(PREFIX)/lib/systemd/system/pmd.service
+	chmod 0644 $(DESTDIR)$(PREFIX)/lib/systemd/system/pmd.service
+	install -m 0644 conf/pmd.ini conf/uat.ini conf/dev.ini conf/cloud-init.yaml \
+		conf/deploy.yml conf/authorized_keys.example $(DESTDIR)$(PREFIX)/share/doc/pmd/examples/
+
+# Source tarball of what git tracks at HEAD: builds with `make` on a fresh
+# machine (after `make deps`).
+dist:
+	@mkdir -p build
+	git archive --format=tar.gz --prefix=pmd-$(VERSION)/ -o build/pmd-$(VERSION).tar.gz HEAD
+	@echo build/pmd-$(VERSION).tar.gz
 
 clean:
 	rm -rf build
