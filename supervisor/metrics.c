@@ -1,0 +1,61 @@
+/* metrics — Prometheus text exposition (format 0.0.4) of GET /metrics.
+ * See include/metrics.h. */
+#include "metrics.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <time.h>
+
+#include <event2/buffer.h>
+
+#include "daemon.h"
+#include "proxy.h"
+#include "supervisor.h"
+
+static void family(struct evbuffer *out, const char *name, const char *type, const char *help)
+{
+	evbuffer_add_printf(out, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+static void counter(struct evbuffer *out, const char *name, const char *help, uint64_t v)
+{
+	family(out, name, "counter", help);
+	evbuffer_add_printf(out, "%s %" PRIu64 "\n", name, v);
+}
+
+static void proxy_metrics(struct proxy *p, struct evbuffer *out)
+{
+	struct proxy_stats st;
+
+	proxy_get_stats(p, &st);
+	family(out, "pmd_proxy_connections", "gauge", "Client connections open now.");
+	evbuffer_add_printf(out, "pmd_proxy_connections %" PRIu64 "\n", st.connections);
+	counter(out, "pmd_proxy_connections_total", "Client connections accepted.", st.connections_total);
+	counter(out, "pmd_http_requests_total", "Requests received by the proxy.", st.requests_total);
+	family(out, "pmd_http_responses_total", "counter", "Responses sent by the proxy, by status class.");
+	for (int i = 1; i <= 5; i++)
+		evbuffer_add_printf(out, "pmd_http_responses_total{code=\"%dxx\"} %" PRIu64 "\n", i,
+			st.responses[i]);
+	counter(out, "pmd_proxy_received_bytes_total", "Bytes received from clients.", st.bytes_in);
+	counter(out, "pmd_proxy_sent_bytes_total", "Bytes sent to clients.", st.bytes_out);
+	counter(out, "pmd_upstream_errors_total", "Upstream failures answered 502 or 504.", st.upstream_errors);
+	counter(out, "pmd_held_requests_total", "Requests held waiting for a live instance.", st.held);
+	counter(out, "pmd_tls_handshakes_total", "TLS handshakes completed.", st.tls_handshakes);
+}
+
+void metrics_render(struct pmd *d, struct evbuffer *out)
+{
+	time_t now = time(NULL);
+
+	family(out, "pmd_build_info", "gauge", "Version of the running pmd.");
+	evbuffer_add_printf(out, "pmd_build_info{version=\"%s\"} 1\n", PMD_VERSION);
+	family(out, "pmd_start_time_seconds", "gauge", "Start time of pmd, seconds since the epoch.");
+	evbuffer_add_printf(out, "pmd_start_time_seconds %lld\n", (long long)d->started);
+	family(out, "pmd_uptime_seconds", "gauge", "Seconds since pmd started.");
+	evbuffer_add_printf(out, "pmd_uptime_seconds %lld\n",
+		(long long)(now > d->started ? now - d->started : 0));
+	if (d->proxy)
+		proxy_metrics(d->proxy, out);
+	if (d->sup)
+		supervisor_metrics(d->sup, out);
+}
