@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# `make check`: unit tests, then integration tests with their peers (dockerd,
+# registry, pebble) started by tests/services.sh and stopped at the end.
+# Arguments: the unit test binaries. PMD_BUILD: the build folder to test
+# (build, or build/san for `make check SANITIZE=1`).
+# PMD_TEST_SERVICES=none runs the integration tests without peers (those
+# tests skip); =optional tolerates a peer that fails to start.
+# The last line is `check: N passed, N failed, N skipped`.
+set -uo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/.." && pwd)
+export PMD_BUILD=${PMD_BUILD:-$repo/build}
+
+tmp=$(mktemp -d /tmp/pmd-check.XXXXXX)
+svc=$tmp/services
+cleanup() {
+	[ -d "$svc" ] && bash "$here/services.sh" stop "$svc"
+	rm -rf "$tmp"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+errors=0
+
+# Unit test binaries that make did not build (yet) are built here, with the
+# same make variables (SANITIZE=1 reaches us through MAKEFLAGS).
+missing=()
+for b in "$@"; do [ -x "$b" ] || missing+=("$b"); done
+if [ ${#missing[@]} -gt 0 ]; then
+	make -C "$repo" --no-print-directory "${missing[@]#"$repo"/}" || errors=$((errors + 1))
+fi
+
+PMD_COUNTS=$tmp/unit.counts bash "$here/run-unit.sh" "$@"
+
+if [ "${PMD_TEST_SERVICES:-}" != none ]; then
+	if bash "$here/services.sh" start "$svc"; then
+		# shellcheck disable=SC1091
+		source "$svc/env"
+	else
+		echo "check: starting the test services failed" >&2
+		errors=$((errors + 1))
+	fi
+fi
+if [ "$errors" -eq 0 ]; then
+	PMD_COUNTS=$tmp/integration.counts bash "$here/run-integration.sh"
+fi
+
+passed=0 failed=$errors skipped=0
+for c in "$tmp/unit.counts" "$tmp/integration.counts"; do
+	[ -f "$c" ] || continue
+	read -r p f s <"$c"
+	passed=$((passed + p)) failed=$((failed + f)) skipped=$((skipped + s))
+done
+echo "check: $passed passed, $failed failed, $skipped skipped"
+[ "$failed" -eq 0 ]
