@@ -523,8 +523,10 @@ static int req_target(struct http_request *req, const struct framing *f)
 	if (f->host != NULL && (f->host->value_len != auth_len ||
 	    !ci_eq(auth, f->host->value, auth_len)))
 		return req_fail(req, 400, "absolute-form authority differs from Host");
-	req->host = auth;
-	req->host_len = auth_len;
+	if (f->host == NULL) {
+		req->host = auth;
+		req->host_len = auth_len;
+	}
 	if (a < end && *a == '/') {
 		q = memchr(a, '?', (size_t)(end - a));
 		req->path = a;
