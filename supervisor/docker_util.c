@@ -178,11 +178,11 @@ int docker_image_parse(const char *ref, struct image_ref *out, char **errp)
 			break;
 		c = e + 1;
 	}
-	snprintf(out->name, sizeof(out->name), "%s", buf);
+	snprintf(out->name, sizeof(out->name), "%.255s", buf);
 	if (strcmp(out->registry, "docker.io") == 0 && !strchr(path, '/'))
-		snprintf(out->repo, sizeof(out->repo), "library/%s", path);
+		snprintf(out->repo, sizeof(out->repo), "library/%.247s", path);
 	else
-		snprintf(out->repo, sizeof(out->repo), "%s", path);
+		snprintf(out->repo, sizeof(out->repo), "%.255s", path);
 	return 0;
 bad:
 	set_errf(errp, "bad image reference \"%s\": %s", ref, why);
