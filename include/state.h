@@ -51,6 +51,8 @@ struct state_service *state_service(struct state *st, const char *name, bool cre
 /* Make `image` the newest previous image (moved to the front when already
  * listed; the oldest beyond STATE_MAX_PREVIOUS dropped). "" is ignored. */
 void state_push_previous(struct state_service *ss, const char *image);
+/* Drop `image` from the previous images (it is live again). */
+void state_remove_previous(struct state_service *ss, const char *image);
 /* Record a finished swap: last_swap and the front of history. */
 void state_record_swap(struct state_service *ss, const struct state_swap *sw);
 

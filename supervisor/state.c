@@ -63,6 +63,17 @@ void state_push_previous(struct state_service *ss, const char *image)
 	snprintf(ss->previous[0], sizeof(ss->previous[0]), "%s", image);
 }
 
+void state_remove_previous(struct state_service *ss, const char *image)
+{
+	for (size_t i = 0; i < ss->n_previous; i++)
+		if (strcmp(ss->previous[i], image) == 0) {
+			memmove(ss->previous[i], ss->previous[i + 1],
+				(ss->n_previous - i - 1) * sizeof(ss->previous[0]));
+			ss->n_previous--;
+			return;
+		}
+}
+
 void state_record_swap(struct state_service *ss, const struct state_swap *sw)
 {
 	ss->last_swap = *sw;
