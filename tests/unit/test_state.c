@@ -1,0 +1,178 @@
+// UNIT-DEPS: supervisor/state.c core/fsutil.c core/log.c
+/* state.json: round trip, previous images, history cap, corrupt and
+ * missing files. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <cjson/cJSON.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "fsutil.h"
+#include "state.h"
+
+static char dir[64];
+static char path[128];
+
+static int setup(void **st)
+{
+	(void)st;
+	snprintf(dir, sizeof(dir), "/tmp/pmd-state-XXXXXX");
+	if (mkdtemp(dir) == NULL)
+		return -1;
+	snprintf(path, sizeof(path), "%s/state.json", dir);
+	return 0;
+}
+
+static int teardown(void **st)
+{
+	(void)st;
+	unlink(path);
+	rmdir(dir);
+	return 0;
+}
+
+static void test_round_trip(void **unused)
+{
+	struct state *st = state_new(), *back = NULL;
+	struct state_service *ss;
+	struct state_swap sw = { .kind = "swap", .image = "reg/app:v2", .result = "failed",
+		.started_at = 1700000000, .duration_ms = 1234, .error = "backend: not healthy" };
+	char *err = NULL;
+
+	(void)unused;
+	ss = state_service(st, "backend", true);
+	assert_non_null(ss);
+	snprintf(ss->image, sizeof(ss->image), "reg/app:v1");
+	snprintf(ss->color, sizeof(ss->color), "green");
+	snprintf(ss->instance_id, sizeof(ss->instance_id), "abc123");
+	state_push_previous(ss, "reg/app:v0");
+	state_record_swap(ss, &sw);
+	assert_non_null(state_service(st, "frontend", true));
+
+	assert_int_equal(state_save(st, path, &err), 0);
+	assert_int_equal(state_load(path, &back, &err), 0);
+	assert_null(err);
+	assert_int_equal(back->n, 2);
+	ss = state_service(back, "backend", false);
+	assert_non_null(ss);
+	assert_string_equal(ss->image, "reg/app:v1");
+	assert_string_equal(ss->color, "green");
+	assert_string_equal(ss->instance_id, "abc123");
+	assert_int_equal(ss->n_previous, 1);
+	assert_string_equal(ss->previous[0], "reg/app:v0");
+	assert_true(ss->has_last_swap);
+	assert_string_equal(ss->last_swap.result, "failed");
+	assert_string_equal(ss->last_swap.error, "backend: not healthy");
+	assert_int_equal(ss->last_swap.duration_ms, 1234);
+	assert_int_equal(ss->last_swap.started_at, 1700000000);
+	assert_int_equal(ss->n_history, 1);
+	assert_string_equal(ss->history[0].image, "reg/app:v2");
+	assert_false(state_service(back, "frontend", false)->has_last_swap);
+	state_free(st);
+	state_free(back);
+}
+
+static void test_previous_images(void **unused)
+{
+	struct state *st = state_new();
+	struct state_service *ss = state_service(st, "web", true);
+	char img[32];
+
+	(void)unused;
+	state_push_previous(ss, "a");
+	state_push_previous(ss, "b");
+	state_push_previous(ss, "a");      /* moves to the front, no duplicate */
+	state_push_previous(ss, "");       /* ignored */
+	assert_int_equal(ss->n_previous, 2);
+	assert_string_equal(ss->previous[0], "a");
+	assert_string_equal(ss->previous[1], "b");
+	state_remove_previous(ss, "a");
+	assert_int_equal(ss->n_previous, 1);
+	assert_string_equal(ss->previous[0], "b");
+	for (int i = 0; i < STATE_MAX_PREVIOUS + 5; i++) {
+		snprintf(img, sizeof(img), "img%d", i);
+		state_push_previous(ss, img);
+	}
+	assert_int_equal(ss->n_previous, STATE_MAX_PREVIOUS);
+	snprintf(img, sizeof(img), "img%d", STATE_MAX_PREVIOUS + 4);
+	assert_string_equal(ss->previous[0], img);
+	state_free(st);
+}
+
+static void test_history_cap(void **unused)
+{
+	struct state *st = state_new();
+	struct state_service *ss = state_service(st, "web", true);
+	struct state_swap sw = { .kind = "swap", .result = "ok" };
+
+	(void)unused;
+	for (int i = 0; i < STATE_HISTORY + 3; i++) {
+		snprintf(sw.image, sizeof(sw.image), "v%d", i);
+		state_record_swap(ss, &sw);
+	}
+	assert_int_equal(ss->n_history, STATE_HISTORY);
+	assert_string_equal(ss->history[0].image, "v12");
+	assert_string_equal(ss->history[STATE_HISTORY - 1].image, "v3");
+	assert_string_equal(ss->last_swap.image, "v12");
+	state_free(st);
+}
+
+static void test_missing_file(void **unused)
+{
+	struct state *st = NULL;
+	char *err = NULL;
+
+	(void)unused;
+	assert_int_equal(state_load(path, &st, &err), 1);
+	assert_null(err);
+	assert_non_null(st);
+	assert_int_equal(st->n, 0);
+	state_free(st);
+}
+
+static void load_expect_corrupt(const char *text, const char *want)
+{
+	struct state *st = NULL;
+	char *err = NULL;
+
+	assert_int_equal(fs_write_atomic(path, text, strlen(text), 0600, &err), 0);
+	assert_int_equal(state_load(path, &st, &err), -1);
+	assert_non_null(err);
+	if (strstr(err, want) == NULL)
+		fail_msg("error \"%s\" does not mention \"%s\"", err, want);
+	assert_non_null(strstr(err, path));
+	assert_non_null(st);          /* empty, to be rebuilt */
+	assert_int_equal(st->n, 0);
+	state_free(st);
+	free(err);
+}
+
+static void test_corrupt(void **unused)
+{
+	(void)unused;
+	load_expect_corrupt("{\"services\": {\"backend\": {\"image\": 1", "not valid JSON");
+	load_expect_corrupt("[1,2]", "expected an object with \"services\"");
+	load_expect_corrupt("{\"services\": {\"backend\": {\"image\": 5, \"color\": \"blue\"}}}",
+		"services.backend.image: expected a string");
+	load_expect_corrupt("{\"services\": {\"backend\": {\"image\": \"x\", \"color\": \"blue\","
+		" \"history\": [{\"kind\": \"swap\"}]}}}", "services.backend.history[0].image");
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(test_round_trip, setup, teardown),
+		cmocka_unit_test(test_previous_images),
+		cmocka_unit_test(test_history_cap),
+		cmocka_unit_test_setup_teardown(test_missing_file, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_corrupt, setup, teardown),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
