@@ -15,7 +15,7 @@ export PYTHONDONTWRITEBYTECODE=1
 
 junit=$(mktemp)
 trap 'rm -f "$junit"' EXIT
-cd "$repo"
+cd "$repo" || exit 1
 timeout 2400 /usr/bin/python3 -m pytest tests/integration -q -rfEs \
 	-p no:cacheprovider --junitxml="$junit" "$@" </dev/null
 rc=$?

@@ -46,9 +46,12 @@ mkdir -p "$root/www"
 cp "$here/index.html" "$root/www/index.html"
 echo 'window.ENV = {"source": "image"};' >"$root/www/env-config.js"
 tar -C "$root" -cf "$work/frontend.tar" .
+# httpd as PID 1 would ignore SIGTERM (no handler): the shell stays PID 1
+# and exits on it, so `docker stop` is quick.
+# shellcheck disable=SC2016 # ${PORT} is expanded by the container's shell
 docker import \
 	-c 'ENV PORT=80' \
-	-c 'CMD ["/bin/sh", "-c", "exec /bin/busybox httpd -f -p 127.0.0.1:${PORT} -h /www"]' \
+	-c 'CMD ["/bin/sh", "-c", "trap \"exit 0\" TERM INT; /bin/busybox httpd -f -p 127.0.0.1:${PORT} -h /www & wait"]' \
 	"$work/frontend.tar" "$reg/frontend:1" >/dev/null
 
 # ---- backend --------------------------------------------------------------
@@ -72,6 +75,7 @@ for lib in $( { ldd "$py"; find "/usr/lib/$pyver/lib-dynload" -name '*.so' -exec
 	put "$lib"
 done
 tar -C "$root" -cf "$work/backend.tar" .
+# shellcheck disable=SC2016 # ${PORT} is expanded by the container's shell
 cmd='CMD ["/bin/sh", "-c", "exec /usr/bin/python3 -m gunicorn --bind 127.0.0.1:${PORT} --workers 2 --chdir /app --access-logfile - app:app"]'
 docker import -c 'ENV PORT=8000' -c 'ENV APP_VERSION=1' -c "$cmd" \
 	"$work/backend.tar" "$reg/backend:1" >/dev/null
