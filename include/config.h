@@ -111,6 +111,9 @@ struct pmd_config {
  * config_free). On failure returns -1, *out untouched, and appends every
  * problem found as "FILE:LINE: message" to errs (not just the first). */
 int config_load(const char *path, struct pmd_config **out, struct strlist *errs);
+/* As config_load, with the file's text given; `name` is used in messages
+ * (tests, fuzzing). */
+int config_load_string(const char *name, const char *text, struct pmd_config **out, struct strlist *errs);
 void config_free(struct pmd_config *c);
 
 const struct svc_conf *config_service(const struct pmd_config *c, const char *name);
