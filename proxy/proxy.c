@@ -1,0 +1,543 @@
+/* proxy — worker threads, listeners, lifecycle, stats and the access log
+ * batch. The per-connection data path is in proxy/conn.c.
+ *
+ * Each worker has its own event_base and its own SO_REUSEPORT socket on
+ * every listen address (the kernel spreads connections over them); nothing
+ * but the snapshot, backend counters and the connection count is shared.
+ * Other threads talk to a worker only through event_active() on one of its
+ * events (wake, stop, resume): libevent is set up with pthreads by main. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+#include <event2/listener.h>
+
+#include "log.h"
+#include "proxy_int.h"
+
+#define LISTEN_BACKLOG 1024
+#define LOG_BATCH_LINES 64
+#define LOG_FLUSH_MS 100
+
+/* The snapshot listener cannot be unregistered: it reaches the proxy
+ * through this pointer, cleared by proxy_free. */
+static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct proxy *g_proxy;
+static bool g_listener_added;
+
+static char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static char *xasprintf(const char *fmt, ...)
+{
+	va_list ap;
+	char *s = NULL;
+	va_start(ap, fmt);
+	if (vasprintf(&s, fmt, ap) < 0)
+		s = NULL;
+	va_end(ap);
+	return s;
+}
+
+/* Worker helpers (used by conn.c) ----------------------------------------- */
+
+const struct proxy_settings *worker_settings(struct worker *w)
+{
+	return w->snap ? &w->snap->ps : &w->p->defaults;
+}
+
+void worker_refresh_snapshot(struct worker *w)
+{
+	if (snapshot_generation() == w->gen && w->snap)
+		return;
+	struct snapshot *s = snapshot_acquire();
+	if (!s)
+		return;
+	snapshot_release(w->snap);
+	w->snap = s;
+	w->gen = s->generation;
+}
+
+uint64_t worker_now_ms(struct worker *w)
+{
+	struct timeval tv;
+	event_base_gettimeofday_cached(w->base, &tv);
+	return (uint64_t)tv.tv_sec * 1000 + (uint64_t)tv.tv_usec / 1000;
+}
+
+const struct timeval *worker_tv(struct worker *w, uint64_t ms)
+{
+	for (int i = 0; i < w->n_tcache; i++)
+		if (w->tcache[i].ms == ms)
+			return w->tcache[i].tv;
+	struct timeval tv = { (time_t)(ms / 1000), (suseconds_t)(ms % 1000 * 1000) };
+	const struct timeval *ct = NULL;
+	if (w->n_tcache < (int)(sizeof(w->tcache) / sizeof(w->tcache[0])) &&
+	    (ct = event_base_init_common_timeout(w->base, &tv))) {
+		w->tcache[w->n_tcache].ms = ms;
+		w->tcache[w->n_tcache].tv = ct;
+		w->n_tcache++;
+		return ct;
+	}
+	/* cache full (settings changed many times): a plain timeout; the
+	 * caller's event_add copies it before the next call */
+	static __thread struct timeval plain;
+	plain = tv;
+	return &plain;
+}
+
+uint64_t worker_random(struct worker *w)
+{
+	uint64_t x = w->rng;
+	x ^= x << 13;
+	x ^= x >> 7;
+	x ^= x << 17;
+	w->rng = x;
+	return x;
+}
+
+const char *worker_timestamp(struct worker *w)
+{
+	struct timeval tv;
+	event_base_gettimeofday_cached(w->base, &tv);
+	if (tv.tv_sec != w->ts_sec) {
+		struct tm tm;
+		gmtime_r(&tv.tv_sec, &tm);
+		strftime(w->ts_text, sizeof(w->ts_text), "%Y-%m-%dT%H:%M:%S", &tm);
+		w->ts_sec = tv.tv_sec;
+	}
+	static __thread char buf[32];
+	snprintf(buf, sizeof(buf), "%s.%03dZ", w->ts_text, (int)(tv.tv_usec / 1000));
+	return buf;
+}
+
+/* Access log batch ---------------------------------------------------------- */
+
+static void accesslog_flush(struct worker *w)
+{
+	if (w->loglen) /* log_raw adds the final newline */
+		log_raw(w->logbuf, w->loglen - 1);
+	w->loglen = 0;
+	w->loglines = 0;
+}
+
+void accesslog_add(struct worker *w, const char *line, size_t len)
+{
+	if (!w->logbuf)
+		return;
+	if (w->loglen + len + 1 > LOGBUF_SIZE)
+		accesslog_flush(w);
+	if (len + 1 > LOGBUF_SIZE)
+		return;
+	memcpy(w->logbuf + w->loglen, line, len);
+	w->logbuf[w->loglen + len] = '\n';
+	w->loglen += len + 1;
+	if (++w->loglines >= LOG_BATCH_LINES) {
+		accesslog_flush(w);
+		return;
+	}
+	if (!w->log_armed) {
+		struct timeval tv = { 0, LOG_FLUSH_MS * 1000 };
+		evtimer_add(w->ev_log, &tv);
+		w->log_armed = true;
+	}
+}
+
+static void on_log_timer(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	struct worker *w = arg;
+	w->log_armed = false;
+	accesslog_flush(w);
+}
+
+/* Listeners and connection cap ---------------------------------------------- */
+
+static void listeners_enable(struct worker *w, bool on)
+{
+	for (size_t i = 0; i < w->n_ls; i++)
+		if (w->ls[i].lev) {
+			if (on)
+				evconnlistener_enable(w->ls[i].lev);
+			else
+				evconnlistener_disable(w->ls[i].lev);
+		}
+}
+
+static int max_conns(struct worker *w)
+{
+	int m = worker_settings(w)->max_connections;
+	return m > 0 ? m : 10000;
+}
+
+static void on_accept(struct evconnlistener *lev, evutil_socket_t fd, struct sockaddr *sa,
+	int salen, void *arg)
+{
+	(void)lev;
+	struct listener_slot *ls = arg;
+	struct worker *w = ls->w;
+	struct proxy *p = w->p;
+	int n = atomic_fetch_add(&p->nconns, 1) + 1;
+	if (n >= max_conns(w) && !w->paused) {
+		w->paused = true;
+		atomic_fetch_add(&p->n_paused, 1);
+		listeners_enable(w, false);
+		log_warn("max_connections reached, accepting paused worker=%d connections=%d", w->idx, n);
+	}
+	conn_accept(w, fd, sa, salen, ls->tls);
+}
+
+void worker_conn_closed(struct worker *w)
+{
+	struct proxy *p = w->p;
+	int n = atomic_fetch_sub(&p->nconns, 1) - 1;
+	if (!p->started || atomic_load(&p->n_paused) == 0 || n >= max_conns(w))
+		return;
+	for (int i = 0; i < p->nw; i++)
+		if (p->w[i].ev_resume)
+			event_active(p->w[i].ev_resume, EV_TIMEOUT, 0);
+}
+
+static void on_resume(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	struct worker *w = arg;
+	if (!w->paused || atomic_load(&w->p->nconns) >= max_conns(w))
+		return;
+	w->paused = false;
+	atomic_fetch_sub(&w->p->n_paused, 1);
+	if (!w->stopping) {
+		listeners_enable(w, true);
+		log_info("accepting again worker=%d", w->idx);
+	}
+}
+
+static void on_accept_error(struct evconnlistener *lev, void *arg)
+{
+	struct listener_slot *ls = arg;
+	int e = EVUTIL_SOCKET_ERROR();
+	log_warn("accept failed address=%s error=%s", ls->text, log_q(strerror(e)));
+	/* out of descriptors: pause this listener, the tick retries */
+	if (e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM)
+		evconnlistener_disable(lev);
+}
+
+static void on_wake(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	conn_on_snapshot(arg);
+}
+
+static void on_stop(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	struct worker *w = arg;
+	w->stopping = true;
+	for (size_t i = 0; i < w->n_ls; i++)
+		if (w->ls[i].lev) {
+			evconnlistener_free(w->ls[i].lev);
+			w->ls[i].lev = NULL;
+			w->ls[i].fd = -1;
+		}
+	conn_close_idle(w);
+}
+
+static void on_tick(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	struct worker *w = arg;
+	if (!w->paused && !w->stopping)
+		listeners_enable(w, true);   /* after an EMFILE pause */
+	conn_tick(w);
+}
+
+static void snapshot_published(void *arg)
+{
+	(void)arg;
+	pthread_mutex_lock(&g_lock);
+	struct proxy *p = g_proxy;
+	if (p && p->started)
+		for (int i = 0; i < p->nw; i++)
+			event_active(p->w[i].ev_wake, EV_TIMEOUT, 0);
+	pthread_mutex_unlock(&g_lock);
+}
+
+/* Binding ------------------------------------------------------------------- */
+
+static int bind_one(const struct listen_addr *a, bool reuseport, char **errp)
+{
+	int one = 1;
+	int fd = socket(a->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		goto fail;
+	if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0)
+		goto fail;
+	if (reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0)
+		goto fail;
+	if (a->ss.ss_family == AF_INET6 && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one)) < 0)
+		goto fail;
+	if (bind(fd, (const struct sockaddr *)&a->ss, a->sslen) < 0)
+		goto fail;
+	if (reuseport && listen(fd, LISTEN_BACKLOG) < 0)
+		goto fail;
+	return fd;
+fail:
+	*errp = xasprintf("cannot listen on %s: %s", a->text, strerror(errno));
+	if (fd >= 0)
+		close(fd);
+	return -1;
+}
+
+/* A probe bind without SO_REUSEPORT first: another process listening with
+ * SO_REUSEPORT (a second pmd) would otherwise share the port silently. */
+static int probe_addr(const struct listen_addr *a, char **errp)
+{
+	int fd = bind_one(a, false, errp);
+	if (fd < 0)
+		return -1;
+	close(fd);
+	return 0;
+}
+
+static int addr_port(const struct listen_addr *a)
+{
+	if (a->ss.ss_family == AF_INET)
+		return ntohs(((const struct sockaddr_in *)&a->ss)->sin_port);
+	return ntohs(((const struct sockaddr_in6 *)&a->ss)->sin6_port);
+}
+
+static void settings_from_config(const struct pmd_config *cfg, struct proxy_settings *ps)
+{
+	ps->redirect_https = false;  /* no TLS context before the first snapshot */
+	ps->hsts = NULL;
+	ps->max_connections = cfg->max_connections;
+	ps->max_header_bytes = cfg->max_header_bytes;
+	ps->max_body_bytes = cfg->max_body_bytes;
+	ps->client_header_timeout_ms = cfg->client_header_timeout_ms;
+	ps->idle_timeout_ms = cfg->idle_timeout_ms;
+	ps->upstream_connect_timeout_ms = cfg->upstream_connect_timeout_ms;
+	ps->upstream_response_timeout_ms = cfg->upstream_response_timeout_ms;
+	ps->hold_timeout_ms = cfg->hold_timeout_ms;
+	ps->drain_timeout_ms = 30000;
+	ps->access_log = cfg->access_log;
+	ps->log_json = cfg->log_format;
+}
+
+struct proxy *proxy_new(const struct pmd_config *cfg, char **errp)
+{
+	struct proxy *p = calloc(1, sizeof(*p));
+	size_t n_https = cfg->tls_mode == TLS_OFF ? 0 : cfg->n_https_listen;
+	size_t n_addr = cfg->n_http_listen + n_https;
+	if (!p)
+		goto nomem;
+	p->nw = cfg->workers > 0 ? cfg->workers : 1;
+	settings_from_config(cfg, &p->defaults);
+	p->https_port = 443;
+	if (n_https) {
+		p->have_https = true;
+		p->https_port = addr_port(&cfg->https_listen[0]);
+	}
+	if (!(p->addr_text = calloc(n_addr ? n_addr : 1, sizeof(char *))) ||
+	    !(p->w = calloc((size_t)p->nw, sizeof(*p->w))))
+		goto nomem;
+	for (size_t i = 0; i < n_addr; i++) {
+		const struct listen_addr *a = i < cfg->n_http_listen ? &cfg->http_listen[i]
+			: &cfg->https_listen[i - cfg->n_http_listen];
+		if (!(p->addr_text[i] = strdup(a->text)))
+			goto nomem;
+		p->n_addr_text++;
+		if (probe_addr(a, errp) < 0)
+			goto fail;
+	}
+	for (int wi = 0; wi < p->nw; wi++) {
+		struct worker *w = &p->w[wi];
+		w->p = p;
+		w->idx = wi;
+		if (!(w->ls = calloc(n_addr ? n_addr : 1, sizeof(*w->ls))))
+			goto nomem;
+		for (size_t i = 0; i < n_addr; i++) {
+			const struct listen_addr *a = i < cfg->n_http_listen ? &cfg->http_listen[i]
+				: &cfg->https_listen[i - cfg->n_http_listen];
+			struct listener_slot *ls = &w->ls[i];
+			ls->w = w;
+			ls->tls = i >= cfg->n_http_listen;
+			ls->text = p->addr_text[i];
+			ls->fd = bind_one(a, true, errp);
+			w->n_ls++;
+			if (ls->fd < 0)
+				goto fail;
+		}
+	}
+	return p;
+nomem:
+	*errp = xasprintf("proxy: out of memory");
+fail:
+	proxy_free(p);
+	return NULL;
+}
+
+/* Threads ------------------------------------------------------------------- */
+
+static void *worker_main(void *arg)
+{
+	struct worker *w = arg;
+	event_base_loop(w->base, EVLOOP_NO_EXIT_ON_EMPTY);
+	return NULL;
+}
+
+static int worker_setup(struct worker *w, char **errp)
+{
+	uint64_t seed = 0;
+	if (getrandom(&seed, sizeof(seed), 0) != (ssize_t)sizeof(seed))
+		seed = (uint64_t)time(NULL) ^ ((uint64_t)w->idx << 32);
+	w->rng = seed ? seed : 0x9e3779b97f4a7c15ull;
+	if (!(w->base = event_base_new()) ||
+	    !(w->ev_wake = event_new(w->base, -1, 0, on_wake, w)) ||
+	    !(w->ev_stop = event_new(w->base, -1, 0, on_stop, w)) ||
+	    !(w->ev_resume = event_new(w->base, -1, 0, on_resume, w)) ||
+	    !(w->ev_tick = event_new(w->base, -1, EV_PERSIST, on_tick, w)) ||
+	    !(w->ev_log = evtimer_new(w->base, on_log_timer, w)) ||
+	    !(w->logbuf = malloc(LOGBUF_SIZE))) {
+		*errp = xasprintf("proxy worker %d: cannot create its event loop", w->idx);
+		return -1;
+	}
+	struct timeval tick = { 1, 0 };
+	evtimer_add(w->ev_tick, &tick);
+	for (size_t i = 0; i < w->n_ls; i++) {
+		struct listener_slot *ls = &w->ls[i];
+		ls->lev = evconnlistener_new(w->base, on_accept, ls, LEV_OPT_CLOSE_ON_FREE, 0, ls->fd);
+		if (!ls->lev) {
+			*errp = xasprintf("proxy worker %d: cannot listen on %s", w->idx, ls->text);
+			return -1;
+		}
+		evconnlistener_set_error_cb(ls->lev, on_accept_error);
+	}
+	return 0;
+}
+
+int proxy_start(struct proxy *p, char **errp)
+{
+	for (int i = 0; i < p->nw; i++)
+		if (worker_setup(&p->w[i], errp) < 0)
+			return -1;
+	pthread_mutex_lock(&g_lock);
+	g_proxy = p;
+	p->started = true;
+	bool add = !g_listener_added;
+	g_listener_added = true;
+	pthread_mutex_unlock(&g_lock);
+	if (add && snapshot_add_listener(snapshot_published, NULL) < 0) {
+		*errp = xasprintf("proxy: cannot register for snapshot updates");
+		return -1;
+	}
+	for (int i = 0; i < p->nw; i++) {
+		struct worker *w = &p->w[i];
+		int e = pthread_create(&w->thr, NULL, worker_main, w);
+		if (e) {
+			*errp = xasprintf("proxy: cannot start worker thread %d: %s", i, strerror(e));
+			return -1;
+		}
+		w->thr_started = true;
+	}
+	log_info("proxy started workers=%d listeners=%zu", p->nw, p->n_addr_text);
+	return 0;
+}
+
+void proxy_stop_accepting(struct proxy *p)
+{
+	if (!p || !p->started)
+		return;
+	for (int i = 0; i < p->nw; i++)
+		event_active(p->w[i].ev_stop, EV_TIMEOUT, 0);
+}
+
+long proxy_inflight(struct proxy *p)
+{
+	long n = 0;
+	if (!p)
+		return 0;
+	for (int i = 0; i < p->nw; i++)
+		n += atomic_load_explicit(&p->w[i].st.inflight, memory_order_relaxed);
+	return n;
+}
+
+void proxy_get_stats(struct proxy *p, struct proxy_stats *out)
+{
+	memset(out, 0, sizeof(*out));
+	if (!p)
+		return;
+#define SUM(f) out->f += atomic_load_explicit(&w->st.f, memory_order_relaxed)
+	for (int i = 0; i < p->nw; i++) {
+		struct worker *w = &p->w[i];
+		SUM(connections);
+		SUM(connections_total);
+		SUM(requests_total);
+		for (int k = 0; k < 6; k++)
+			SUM(responses[k]);
+		SUM(bytes_in);
+		SUM(bytes_out);
+		SUM(upstream_errors);
+		SUM(held);
+		SUM(tls_handshakes);
+	}
+#undef SUM
+}
+
+static void worker_free(struct worker *w)
+{
+	if (w->base)
+		conn_free_all(w);
+	if (w->logbuf)
+		accesslog_flush(w);
+	for (size_t i = 0; i < w->n_ls; i++) {
+		if (w->ls[i].lev)
+			evconnlistener_free(w->ls[i].lev);
+		else if (w->ls[i].fd >= 0)
+			close(w->ls[i].fd);
+	}
+	free(w->ls);
+	struct event *evs[] = { w->ev_wake, w->ev_stop, w->ev_resume, w->ev_tick, w->ev_log };
+	for (size_t i = 0; i < sizeof(evs) / sizeof(evs[0]); i++)
+		if (evs[i])
+			event_free(evs[i]);
+	if (w->base)
+		event_base_free(w->base);
+	free(w->logbuf);
+	snapshot_release(w->snap);
+}
+
+void proxy_free(struct proxy *p)
+{
+	if (!p)
+		return;
+	pthread_mutex_lock(&g_lock);
+	if (g_proxy == p)
+		g_proxy = NULL;
+	pthread_mutex_unlock(&g_lock);
+	p->started = false;
+	for (int i = 0; p->w && i < p->nw; i++)
+		if (p->w[i].thr_started)
+			event_base_loopbreak(p->w[i].base);
+	for (int i = 0; p->w && i < p->nw; i++)
+		if (p->w[i].thr_started)
+			pthread_join(p->w[i].thr, NULL);
+	for (int i = 0; p->w && i < p->nw; i++)
+		worker_free(&p->w[i]);
+	free(p->w);
+	for (size_t i = 0; i < p->n_addr_text; i++)
+		free(p->addr_text[i]);
+	free(p->addr_text);
+	free(p);
+}

@@ -1,0 +1,127 @@
+/* proxy internals shared by proxy/proxy.c (workers, listeners, lifecycle,
+ * stats, access log) and proxy/conn.c (client connections, requests,
+ * upstream pools). Everything here is touched by one worker thread only,
+ * except where a field says otherwise. */
+#ifndef PMD_PROXY_INT_H
+#define PMD_PROXY_INT_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include <event2/event.h>
+#include <event2/listener.h>
+
+#include "http.h"
+#include "proxy.h"
+#include "snapshot.h"
+
+/* Per-worker counters: written by the worker only (relaxed load + store, no
+ * locked instruction on the hot path), read by proxy_get_stats. */
+struct wstats {
+	_Atomic uint64_t connections, connections_total, requests_total;
+	_Atomic uint64_t responses[6];
+	_Atomic uint64_t bytes_in, bytes_out, upstream_errors, held, tls_handshakes;
+	_Atomic long inflight;           /* requests and tunnels in progress */
+};
+
+#define STAT_ADD(w, field, n) atomic_store_explicit(&(w)->st.field, \
+	atomic_load_explicit(&(w)->st.field, memory_order_relaxed) + (n), memory_order_relaxed)
+
+struct listener_slot {
+	struct worker *w;
+	struct evconnlistener *lev;      /* owns fd once created */
+	int fd;
+	bool tls;
+	const char *text;                /* address as configured (owned by proxy) */
+};
+
+struct conn;
+struct upstream;
+
+/* Idle keep-alive upstream connections to one backend (by backend id). */
+struct pool {
+	uint64_t be_id;
+	struct upstream *idle;           /* most recently used first */
+	unsigned n_idle;
+};
+
+struct worker {
+	struct proxy *p;
+	int idx;
+	pthread_t thr;
+	bool thr_started;
+	struct event_base *base;
+	struct listener_slot *ls;
+	size_t n_ls;
+	struct event *ev_wake;           /* snapshot published (any thread) */
+	struct event *ev_stop;           /* stop accepting (any thread) */
+	struct event *ev_resume;         /* connection count fell under the cap (any thread) */
+	struct event *ev_tick;           /* 1 s housekeeping */
+	struct event *ev_log;            /* access log flush timer */
+	struct snapshot *snap;           /* current as of the last check */
+	uint64_t gen;
+	struct conn *conns;              /* every client connection */
+	struct conn *held;               /* requests waiting for a live instance */
+	struct pool *pools;
+	size_t n_pools, cap_pools;
+	struct wstats st;
+	uint64_t rng;                    /* xorshift64 state */
+	unsigned rr;                     /* round-robin start for backend choice */
+	bool stopping;                   /* stop accepting was requested */
+	bool paused;                     /* listeners disabled at max_connections */
+	bool log_armed;
+	char *logbuf;                    /* access log lines not yet written */
+	size_t loglen;
+	int loglines;
+	time_t ts_sec;                   /* second ts_text was formatted for */
+	char ts_text[24];
+	struct { uint64_t ms; const struct timeval *tv; } tcache[16];
+	int n_tcache;
+	struct http_request req;         /* scratch: the request being parsed */
+	struct http_response res;        /* scratch: the response being parsed */
+};
+
+struct proxy {
+	struct worker *w;
+	int nw;
+	struct proxy_settings defaults;  /* used until the first snapshot */
+	int https_port;                  /* for 308 redirects; 443 = omitted */
+	bool have_https;
+	char **addr_text;                /* listener addresses (owned) */
+	size_t n_addr_text;
+	atomic_int nconns;               /* client connections across workers */
+	atomic_int n_paused;             /* workers paused at the cap */
+	bool started;
+};
+
+#define LOGBUF_SIZE 32768
+
+/* proxy.c */
+const struct proxy_settings *worker_settings(struct worker *w);
+void worker_refresh_snapshot(struct worker *w);
+uint64_t worker_now_ms(struct worker *w);
+/* A common-timeout timeval for `ms` on this worker's base (O(1) timers). */
+const struct timeval *worker_tv(struct worker *w, uint64_t ms);
+uint64_t worker_random(struct worker *w);
+/* Called when a client connection closes (max_connections bookkeeping). */
+void worker_conn_closed(struct worker *w);
+/* Append one access log line (without newline) to the worker's batch. */
+void accesslog_add(struct worker *w, const char *line, size_t len);
+/* Current UTC time as "2026-11-28T17:42:13.123Z" (worker-cached). */
+const char *worker_timestamp(struct worker *w);
+
+/* conn.c */
+void conn_accept(struct worker *w, int fd, const struct sockaddr *sa, int salen, bool tls);
+/* New snapshot: retry held requests, drop idle upstreams of stale backends. */
+void conn_on_snapshot(struct worker *w);
+/* Periodic: idle upstream expiry, close tunnels of drained backends. */
+void conn_tick(struct worker *w);
+/* Stop accepting: close idle keep-alive client connections. */
+void conn_close_idle(struct worker *w);
+/* Worker shutdown: free every connection and pooled upstream. */
+void conn_free_all(struct worker *w);
+
+#endif
