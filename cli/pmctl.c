@@ -357,12 +357,12 @@ static void instance_health(const cJSON *inst, char *buf, size_t len)
 {
 	const cJSON *h = cJSON_GetObjectItemCaseSensitive(inst, "healthy");
 	const char *health = jstr(inst, "health", NULL);
-	const char *state = jstr(inst, "state", NULL);
+	const char *role = jstr(inst, "role", NULL);
 
 	if (!health)
 		health = cJSON_IsTrue(h) ? "healthy" : cJSON_IsFalse(h) ? "unhealthy" : "-";
-	if (state && strcmp(state, "running") != 0 && strcmp(state, "live") != 0)
-		snprintf(buf, len, "%s (%s)", health, state);
+	if (role && strcmp(role, "live") != 0 && strcmp(role, health) != 0)
+		snprintf(buf, len, "%s (%s)", health, role);
 	else
 		snprintf(buf, len, "%s", health);
 }
@@ -402,6 +402,8 @@ static void print_services(const cJSON *svcs, time_t now)
 		const cJSON *ls = cJSON_GetObjectItemCaseSensitive(svc, "last_swap");
 		char ago[32] = "", took[32] = "";
 		time_t at;
+		if (jstr(svc, "error", NULL))
+			printf("%s: %s\n", svc->string, jstr(svc, "error", ""));
 		if (!cJSON_IsObject(ls))
 			continue;
 		if (json_time(cJSON_GetObjectItemCaseSensitive(ls, "started_at"), &at)) {
@@ -558,33 +560,76 @@ struct progress {
 	cJSON *result;              /* the last line, once seen */
 };
 
-/* "backend pull: layer 3/7 45.2 MB/120.0 MB" from an event object. */
+/* Fields of an event shown in its own words by describe_event. */
+static bool shown_field(const char *ev, const char *key)
+{
+	static const char *const common[] = { "event", "service", "image", "detail", NULL };
+	static const struct { const char *event, *keys[6]; } own[] = {
+		{ "release", { "command", "exit_code", NULL } },
+		{ "start", { "color", "id", "addr", NULL } },
+		{ "health", { "pass", "passes", "fails", "needed", "error", NULL } },
+		{ "switch", { "color", NULL } },
+		{ "drain", { "inflight", NULL } },
+	};
+
+	for (size_t i = 0; common[i]; i++)
+		if (strcmp(key, common[i]) == 0)
+			return true;
+	for (size_t i = 0; i < sizeof(own) / sizeof(own[0]); i++)
+		if (strcmp(ev, own[i].event) == 0)
+			for (size_t k = 0; own[i].keys[k]; k++)
+				if (strcmp(key, own[i].keys[k]) == 0)
+					return true;
+	return false;
+}
+
+/* One progress event as a line: "backend pull reg/pm/backend:v3: layer 2/7
+ * 12.3MiB/45.6MiB", "backend health 1/2", "drain: 3 requests in flight".
+ * Fields not known here are appended as key=value. */
 static void describe_event(const cJSON *ev, char *out, size_t len)
 {
-	static const char *const known[] = { "event", "service", "detail", "ts", "time", NULL };
 	const char *name = jstr(ev, "event", "event");
 	const char *svc = jstr(ev, "service", NULL);
 	const char *detail = jstr(ev, "detail", NULL);
 	size_t n = 0;
 	const cJSON *it;
 
-	n += (size_t)snprintf(out + n, len - n, "%s%s%s", svc ? svc : "", svc ? " " : "", name);
-	if (n < len && detail)
-		n += (size_t)snprintf(out + n, len - n, ": %s", detail);
+#define OUT(...) do { if (n < len) n += (size_t)snprintf(out + n, len - n, __VA_ARGS__); } while (0)
+	OUT("%s%s%s", svc ? svc : "", svc ? " " : "", name);
+	if (strcmp(name, "pull") == 0) {
+		OUT(" %s", jstr(ev, "image", ""));
+	} else if (strcmp(name, "release") == 0) {
+		if (cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(ev, "exit_code")))
+			OUT(": exited with code %.0f", jnum(ev, "exit_code", 0));
+		else
+			OUT(": running `%s`", jstr(ev, "command", "release_command"));
+	} else if (strcmp(name, "start") == 0) {
+		OUT(" %s candidate %s", jstr(ev, "color", "?"), jstr(ev, "image", ""));
+		if (jstr(ev, "addr", NULL))
+			OUT(" at %s", jstr(ev, "addr", ""));
+	} else if (strcmp(name, "health") == 0) {
+		OUT(" %.0f/%.0f", jnum(ev, "passes", 0), jnum(ev, "needed", 0));
+		if (cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(ev, "pass")))
+			OUT(" (check failed: %s)", jstr(ev, "error", "no detail"));
+	} else if (strcmp(name, "switch") == 0) {
+		OUT(": %s is live", jstr(ev, "color", "the candidate"));
+	} else if (strcmp(name, "drain") == 0) {
+		OUT(": %.0f request%s in flight on the old instance", jnum(ev, "inflight", 0),
+			jnum(ev, "inflight", 0) == 1 ? "" : "s");
+	}
+	if (detail)
+		OUT(": %s", detail);
 	cJSON_ArrayForEach(it, ev) {
-		bool skip = false;
-		for (int i = 0; known[i]; i++)
-			if (strcmp(it->string, known[i]) == 0)
-				skip = true;
-		if (skip || n >= len)
+		if (shown_field(name, it->string))
 			continue;
 		if (cJSON_IsString(it))
-			n += (size_t)snprintf(out + n, len - n, " %s=%s", it->string, it->valuestring);
+			OUT(" %s=%s", it->string, it->valuestring);
 		else if (cJSON_IsNumber(it))
-			n += (size_t)snprintf(out + n, len - n, " %s=%g", it->string, it->valuedouble);
+			OUT(" %s=%g", it->string, it->valuedouble);
 		else if (cJSON_IsBool(it))
-			n += (size_t)snprintf(out + n, len - n, " %s=%s", it->string, cJSON_IsTrue(it) ? "true" : "false");
+			OUT(" %s=%s", it->string, cJSON_IsTrue(it) ? "true" : "false");
 	}
+#undef OUT
 }
 
 static void progress_event(struct progress *p, const cJSON *ev)
@@ -692,7 +737,10 @@ static int run_swap(const char *target, const char *body, const char *what)
 			body_rc < 0 ? ": " : "", body_rc < 0 ? err : "");
 		rc = EX_FAILED;
 	} else if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(p.result, "ok"))) {
-		printf("%s: done, live\n", what);
+		if (jnum(p.result, "duration_ms", -1) >= 0)
+			printf("%s: done, live after %.1fs\n", what, jnum(p.result, "duration_ms", 0) / 1000.0);
+		else
+			printf("%s: done, live\n", what);
 		rc = EX_OK;
 	} else {
 		const cJSON *logs = cJSON_GetObjectItemCaseSensitive(p.result, "logs"), *l;

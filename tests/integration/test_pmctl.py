@@ -38,13 +38,14 @@ STATUS = {
                 {"id": "b1", "color": "blue", "image": "reg.example/pm/backend:v2",
                  "port": 40001, "healthy": True, "started_at": NOW - 3725, "restarts": 2},
                 {"id": "g1", "color": "green", "image": "reg.example/pm/backend:v3",
-                 "port": 40002, "healthy": False, "started_at": NOW - 5, "restarts": 0},
+                 "port": 40002, "healthy": False, "health": "starting", "role": "candidate",
+                 "started_at": NOW - 5, "restarts": 0},
             ],
             "last_swap": {"kind": "swap", "image": "reg.example/pm/backend:v2",
                           "result": "ok", "started_at": NOW - 600, "duration_ms": 12400},
         },
-        "frontend": {"state": "starting", "image": "reg.example/pm/frontend:v1",
-                     "instances": []},
+        "frontend": {"state": "crashloop", "image": "reg.example/pm/frontend:v1",
+                     "instances": [], "error": "exited with code 1"},
     },
     "tls": {"mode": "acme", "domains": ["meatscentral.com", "www.meatscentral.com"],
             "not_after": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(NOW + 62 * 86400 + 3600)),
@@ -54,13 +55,40 @@ STATUS = {
               "upstream_errors": 3},
 }
 
+IMG3 = "reg.example/pm/backend:v3"
+# the shapes supervisor/swap.c emits
 SWAP_EVENTS = [
-    {"event": "pull", "service": "backend", "detail": "layer 1/2"},
-    {"event": "pull", "service": "backend", "detail": "layer 2/2"},
-    {"event": "start", "service": "backend", "color": "green"},
-    {"event": "health", "service": "backend", "passes": 1, "threshold": 2},
-    {"event": "health", "service": "backend", "passes": 2, "threshold": 2},
-    {"event": "switch", "service": "backend"},
+    {"event": "pull", "service": "backend", "image": IMG3, "detail": "layer 1/2 1.0MiB/2.0MiB"},
+    {"event": "pull", "service": "backend", "image": IMG3, "detail": "layers 2/2 done"},
+    {"event": "release", "service": "backend", "image": IMG3, "command": "manage.py migrate"},
+    {"event": "release", "service": "backend", "image": IMG3, "exit_code": 0},
+    {"event": "start", "service": "backend", "image": IMG3, "color": "green"},
+    {"event": "health", "service": "backend", "image": IMG3, "pass": False, "passes": 0,
+     "fails": 1, "needed": 2, "error": "HTTP 500"},
+    {"event": "health", "service": "backend", "image": IMG3, "pass": True, "passes": 1,
+     "fails": 0, "needed": 2},
+    {"event": "health", "service": "backend", "image": IMG3, "pass": True, "passes": 2,
+     "fails": 0, "needed": 2},
+    {"event": "switch", "service": "backend", "image": IMG3, "color": "green"},
+    {"event": "drain", "inflight": 2},
+    {"event": "drain", "inflight": 0},
+    {"event": "done"},
+    {"event": "prune", "service": "backend", "removed": 1},
+]
+SWAP_LINES = [
+    "backend pull reg.example/pm/backend:v3: layer 1/2 1.0MiB/2.0MiB",
+    "backend pull reg.example/pm/backend:v3: layers 2/2 done",
+    "backend release: running `manage.py migrate`",
+    "backend release: exited with code 0",
+    "backend start green candidate reg.example/pm/backend:v3",
+    "backend health 0/2 (check failed: HTTP 500)",
+    "backend health 1/2",
+    "backend health 2/2",
+    "backend switch: green is live",
+    "drain: 2 requests in flight on the old instance",
+    "drain: 0 requests in flight on the old instance",
+    "done",
+    "backend prune removed=1",   # an event pmctl does not know: generic fields
 ]
 
 
@@ -160,9 +188,10 @@ def test_status_table(fake):
     assert lines[hdr].split() == ["SERVICE", "STATE", "COLOR", "IMAGE", "HEALTH", "UPTIME", "RESTARTS"]
     rows = [l.split() for l in lines[hdr + 1:hdr + 4]]
     assert rows[0] == ["backend", "live", "blue", "reg.example/pm/backend:v2", "healthy", "1h2m", "2"]
-    assert rows[1][:5] == ["backend", "live", "green", "reg.example/pm/backend:v3", "unhealthy"]
-    assert rows[1][6] == "0"
-    assert rows[2] == ["frontend", "starting", "-", "reg.example/pm/frontend:v1", "-", "-", "-"]
+    assert rows[1][:6] == ["backend", "live", "green", "reg.example/pm/backend:v3", "starting", "(candidate)"]
+    assert rows[1][7] == "0"
+    assert rows[2] == ["frontend", "crashloop", "-", "reg.example/pm/frontend:v1", "-", "-", "-"]
+    assert "frontend: exited with code 1" in lines
     # columns are aligned: every row's IMAGE starts where the header's does
     col = lines[hdr].index("IMAGE")
     for l in lines[hdr + 1:hdr + 4]:
@@ -201,20 +230,20 @@ def test_status_server_error_is_exit_1(fake):
 
 def test_swap_success_plain_lines(fake):
     fake.routes[("POST", "/services/backend/swap")] = lambda b: (
-        "stream", SWAP_EVENTS, {"ok": True, "error": None, "logs": []}, 0)
-    r = run(fake.path, "swap", "backend", "reg.example/pm/backend:v3", "--timeout", "90s")
+        "stream", SWAP_EVENTS, {"ok": True, "services": {"backend": IMG3}, "duration_ms": 12345}, 0)
+    r = run(fake.path, "swap", "backend", IMG3, "--timeout", "90s")
     assert r.returncode == 0, r.stderr
     req = fake.requests[0]
-    assert req["body"] == {"image": "reg.example/pm/backend:v3", "timeout": "90s"}
+    assert req["method"] == "POST" and req["target"] == "/services/backend/swap"
+    assert req["body"] == {"image": IMG3, "timeout": "90s"}
     assert req["headers"]["content-type"] == "application/json"
     lines = r.stdout.splitlines()
     # one timestamped line per event, in order, then the result
     assert len(lines) == len(SWAP_EVENTS) + 1
-    assert all(re.match(r"^\[\d\d:\d\d:\d\d\] backend ", l) for l in lines[:-1])
-    assert lines[0].endswith("backend pull: layer 1/2")
-    assert lines[3].endswith("backend health passes=1 threshold=2")
+    assert all(re.match(r"^\[\d\d:\d\d:\d\d\] ", l) for l in lines[:-1])
+    assert [l[11:] for l in lines[:-1]] == SWAP_LINES
     assert "\r" not in r.stdout and "\x1b" not in r.stdout
-    assert lines[-1] == "swap of backend to reg.example/pm/backend:v3: done, live"
+    assert lines[-1] == f"swap of backend to {IMG3}: done, live after 12.3s"
 
 
 def test_swap_several_services_is_one_request(fake):
@@ -258,7 +287,7 @@ def test_swap_connection_lost_mid_stream(fake):
     assert r.returncode == 1
     assert "connection to pmd lost during swap of backend to img:2" in r.stderr
     assert "check `pmctl status`" in r.stderr
-    assert "backend pull: layer 2/2" in r.stdout
+    assert SWAP_LINES[1] in r.stdout
 
 
 def test_rollback_and_restart_paths(fake):
@@ -302,9 +331,11 @@ def test_swap_on_a_terminal_rewrites_one_line_per_phase(fake):
         "stream", SWAP_EVENTS, {"ok": True, "error": None}, 0.05)
     rc, out = read_pty([PMCTL, "-s", fake.path, "swap", "backend", "img:3"], dict(os.environ))
     assert rc == 0, out
-    assert "\r\x1b[Kbackend health passes=1 threshold=2\r\x1b[Kbackend health passes=2 threshold=2" in out
+    # repeated events of one phase rewrite the line in place
+    assert ("\r\x1b[Kbackend health 0/2 (check failed: HTTP 500)\r\x1b[Kbackend health 1/2"
+            "\r\x1b[Kbackend health 2/2\r\n") in out
     # a new phase leaves the previous one on its own line
-    assert "layer 2/2\r\n\r\x1b[Kbackend start" in out
+    assert "layers 2/2 done\r\n\r\x1b[Kbackend release" in out
     assert "[" not in out.split("\r\x1b[K")[1][:1]   # no timestamps on a terminal
     assert "done, live" in out
 
