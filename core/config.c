@@ -866,16 +866,24 @@ static void add_err(struct ctx *x, int line, const char *fmt, ...)
 	x->n_err++;
 }
 
+/* Where the structs of a named section kind live in pmd_config. */
+static const struct named {
+	size_t size, name_off, line_off, arr_off, n_off;
+} named[S_COUNT] = {
+	[S_SERVICE] = { sizeof(struct svc_conf), SV(name), SV(line), P(services), P(n_services) },
+	[S_ROUTE] = { sizeof(struct route_conf), RT(name), RT(line), P(routes), P(n_routes) },
+	[S_STATIC] = { sizeof(struct static_conf), ST(name), ST(line), P(statics), P(n_statics) },
+};
+
+#define FIELD(obj, off, type) ((type *)((char *)(obj) + (off)))
+
 static void *sect_obj(struct ctx *x, const struct sect *s)
 {
 	if (s->scratch)
 		return s->scratch;
-	switch (s->kind) {
-	case S_SERVICE: return &x->cfg->services[s->index];
-	case S_ROUTE: return &x->cfg->routes[s->index];
-	case S_STATIC: return &x->cfg->statics[s->index];
-	default: return x->cfg;
-	}
+	if (!NAMED(s->kind))
+		return x->cfg;
+	return *FIELD(x->cfg, named[s->kind].arr_off, char *) + s->index * named[s->kind].size;
 }
 
 /* "[service backend]" or "[proxy]" */
@@ -905,39 +913,10 @@ static void flush_pending(struct ctx *x)
 	x->pend_val = NULL;
 }
 
-/* Size of the struct behind a named section kind. */
-static size_t named_size(enum skind k)
-{
-	return k == S_SERVICE ? sizeof(struct svc_conf) : k == S_ROUTE ? sizeof(struct route_conf)
-								    : sizeof(struct static_conf);
-}
-
-/* Name field and element array of a named kind. */
-static char **named_name(enum skind k, void *obj)
-{
-	return k == S_SERVICE ? &((struct svc_conf *)obj)->name
-	       : k == S_ROUTE ? &((struct route_conf *)obj)->name : &((struct static_conf *)obj)->name;
-}
-
-static void *named_elem(struct pmd_config *c, enum skind k, size_t i)
-{
-	return k == S_SERVICE ? (void *)&c->services[i] : k == S_ROUTE ? (void *)&c->routes[i] : (void *)&c->statics[i];
-}
-
-static size_t *named_count(struct pmd_config *c, enum skind k)
-{
-	return k == S_SERVICE ? &c->n_services : k == S_ROUTE ? &c->n_routes : &c->n_statics;
-}
-
-static void **named_array(struct pmd_config *c, enum skind k)
-{
-	return k == S_SERVICE ? (void **)&c->services : k == S_ROUTE ? (void **)&c->routes : (void **)&c->statics;
-}
-
 static void free_named(enum skind k, void *obj)
 {
 	free_fields(k, obj);
-	free(*named_name(k, obj));
+	free(*FIELD(obj, named[k].name_off, char *));
 }
 
 static struct sect *new_sect(struct ctx *x, enum skind kind, int line)
@@ -963,42 +942,39 @@ static struct sect *new_sect(struct ctx *x, enum skind kind, int line)
  * scratch one when the name is taken (the section is still checked). */
 static void open_named(struct ctx *x, enum skind kind, const char *name, int line)
 {
-	size_t *n = named_count(x->cfg, kind);
-	void **arr = named_array(x->cfg, kind);
+	const struct named *d = &named[kind];
+	size_t *n = FIELD(x->cfg, d->n_off, size_t);
+	char **arr = FIELD(x->cfg, d->arr_off, char *);
 	void *obj = NULL;
 	int first_line = 0;
 
 	for (size_t i = 0; i < x->n_sects; i++)
-		if (x->sects[i].kind == kind && !x->sects[i].scratch && strcmp(x->sects[i].name, name) == 0)
+		if (x->sects[i].kind == kind && !x->sects[i].scratch && x->sects[i].name &&
+		    strcmp(x->sects[i].name, name) == 0)
 			first_line = x->sects[i].line;
 	struct sect *s = new_sect(x, kind, line);
 	if (!s)
 		goto fail;
 	if (first_line) {
 		add_err(x, line, "duplicate section [%s %s] (first at line %d)", skind_names[kind], name, first_line);
-		obj = s->scratch = calloc(1, named_size(kind));
+		obj = s->scratch = calloc(1, d->size);
 	} else {
-		void *grown = realloc(*arr, (*n + 1) * named_size(kind));
+		char *grown = realloc(*arr, (*n + 1) * d->size);
 		if (!grown)
 			goto fail;
 		*arr = grown;
 		s->index = (*n)++;
-		obj = named_elem(x->cfg, kind, s->index);
-		memset(obj, 0, named_size(kind));
+		obj = grown + s->index * d->size;
+		memset(obj, 0, d->size);
 	}
 	if (!obj)
 		goto fail;
 	x->n_sects++;
 	x->cur = (long)(x->n_sects - 1);
-	char **namep = named_name(kind, obj);
+	char **namep = FIELD(obj, d->name_off, char *);
 	*namep = strdup(name);
 	s->name = *namep;
-	if (kind == S_SERVICE)
-		((struct svc_conf *)obj)->line = line;
-	else if (kind == S_ROUTE)
-		((struct route_conf *)obj)->line = line;
-	else
-		((struct static_conf *)obj)->line = line;
+	*FIELD(obj, d->line_off, int) = line;
 	if (!*namep || set_defaults(kind, obj) < 0)
 		x->oom = true;
 	return;
@@ -1153,8 +1129,11 @@ static char *reader(char *str, int num, void *stream)
 		add_err(x, x->lineno, "unexpected NUL byte");
 		n = 0;
 	} else if (content > (size_t)num - 3) {
-		add_err(x, x->lineno, "line too long: expected at most %d characters, got %zu "
-			"(continue a long value on indented lines)", num - 3, content);
+		size_t bom = x->lineno == 1 && strncmp(p, "\xEF\xBB\xBF", 3) == 0 ? 3 : 0;
+		size_t lead = bom + strspn(p + bom, " \t");
+		if (p[lead] != ';' && p[lead] != '#')
+			add_err(x, x->lineno, "line too long: expected at most %d characters, got %zu "
+				"(continue a long value on indented lines)", num - 3, content);
 		n = 0;
 	}
 	if (n == 0) {
@@ -1237,18 +1216,17 @@ static int handler(void *user, const char *section, const char *name, const char
 
 /* ---- checks across keys and sections -------------------------------------- */
 
+/* Line of key `name` in s, 0 when it was not written (s NULL: no section). */
+static int key_seen(const struct sect *s, const char *name)
+{
+	return s ? s->seen[KEY_INDEX(find_key(s->kind, name))] : 0;
+}
+
 /* Line of key `name` in s, else of s's header, else 0 (s NULL: no section). */
 static int key_line(const struct sect *s, const char *name)
 {
-	if (!s)
-		return 0;
-	int l = s->seen[KEY_INDEX(find_key(s->kind, name))];
-	return l ? l : s->line;
-}
-
-static bool key_set(const struct sect *s, const char *name)
-{
-	return s && s->seen[KEY_INDEX(find_key(s->kind, name))] != 0;
+	int l = key_seen(s, name);
+	return l ? l : s ? s->line : 0;
 }
 
 static bool key_bad(const struct sect *s, const char *name)
@@ -1350,7 +1328,7 @@ static void check_tls(struct ctx *x)
 {
 	struct pmd_config *c = x->cfg;
 	struct sect *t = global_sect(x, S_TLS);
-	const char *dflt = key_set(t, "mode") ? "" : " (the default)";
+	const char *dflt = key_seen(t, "mode") ? "" : " (the default)";
 	int line = key_line(t, "mode");
 	if (key_bad(t, "mode"))
 		return;
@@ -1382,10 +1360,10 @@ static void check_listen(struct ctx *x)
 	}
 	if (!key_bad(p, "http_listen"))
 		for (size_t i = 0; i < c->n_http_listen; i++)
-			e[n++] = (struct lentry){ &c->http_listen[i], "http_listen", p ? p->seen[KEY_INDEX(find_key(S_PROXY, "http_listen"))] : 0 };
+			e[n++] = (struct lentry){ &c->http_listen[i], "http_listen", key_seen(p, "http_listen") };
 	if (https && !key_bad(p, "https_listen"))
 		for (size_t i = 0; i < c->n_https_listen; i++)
-			e[n++] = (struct lentry){ &c->https_listen[i], "https_listen", p ? p->seen[KEY_INDEX(find_key(S_PROXY, "https_listen"))] : 0 };
+			e[n++] = (struct lentry){ &c->https_listen[i], "https_listen", key_seen(p, "https_listen") };
 	for (size_t j = 1; j < n; j++)
 		for (size_t i = 0; i < j; i++) {
 			bool same = listen_same(e[i].a, e[j].a);
@@ -1511,34 +1489,23 @@ int config_load_string(const char *name, const char *text, struct pmd_config **o
 
 int config_load(const char *path, struct pmd_config **out, struct strlist *errs)
 {
-	char *buf = NULL, line[512];
-	size_t len = 0, cap = 0;
+	char *buf = malloc(MAX_FILE_BYTES + 1), line[512];
+	size_t len = 0, n;
 	int rc = -1, err = 0;
 	FILE *f = fopen(path, "r");
 
-	if (!f) {
-		err = errno;
+	if (!f || !buf) {
+		err = !f ? errno : ENOMEM;
 		goto out;
 	}
-	for (;;) {
-		if (len == cap) {
-			char *b = cap > MAX_FILE_BYTES ? NULL : realloc(buf, cap = cap ? cap * 2 : 8192);
-			if (!b) {
-				err = cap > MAX_FILE_BYTES ? EFBIG : ENOMEM;
-				goto out;
-			}
-			buf = b;
-		}
-		size_t n = fread(buf + len, 1, cap - len, f);
+	while (len <= MAX_FILE_BYTES && (n = fread(buf + len, 1, MAX_FILE_BYTES + 1 - len, f)) > 0)
 		len += n;
-		if (n == 0)
-			break;
-	}
-	if (ferror(f)) {
+	if (ferror(f))
 		err = errno ? errno : EIO;
-		goto out;
-	}
-	rc = parse_buffer(path, buf, len, out, errs);
+	else if (len > MAX_FILE_BYTES)
+		err = EFBIG;
+	else
+		rc = parse_buffer(path, buf, len, out, errs);
 out:
 	if (err) {
 		snprintf(line, sizeof(line), "%s: cannot read: %s", path, strerror(err));

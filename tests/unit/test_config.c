@@ -745,6 +745,45 @@ static void test_repeatable_and_continuation(void **state)
 		      "pmd.ini:4: idle_timeout: expected a duration like 30s, got \"30s 45s\"");
 }
 
+/* What inih accepts around the values: BOM, CRLF, comments of any length,
+ * "key: value". */
+static void test_syntax_details(void **state)
+{
+	(void)state;
+	char text[1024];
+	snprintf(text, sizeof(text), "\xEF\xBB\xBF; %0300d\r\n[tls]\r\nmode: off\r\n# %0300d\r\n"
+		 "[proxy]   ; the proxy\r\nworkers = 3 ; three\r\nhsts =\r\n", 0, 0);
+	struct pmd_config *c = expect_ok(text);
+	assert_int_equal(c->tls_mode, TLS_OFF);
+	assert_int_equal(c->workers, 3);
+	assert_string_equal(c->hsts, "");
+	config_free(c);
+}
+
+static void test_file_too_large(void **state)
+{
+	(void)state;
+	char path[] = "/tmp/pmd-test-config-XXXXXX";
+	int fd = mkstemp(path);
+	assert_true(fd >= 0);
+	static char comment[4096];
+	memset(comment, ';', sizeof(comment));
+	comment[sizeof(comment) - 1] = '\n';
+	for (int i = 0; i < 257; i++) /* 1 MiB + 1 KiB */
+		assert_int_equal(write(fd, comment, sizeof(comment)), (ssize_t)sizeof(comment));
+	close(fd);
+	struct strlist errs = { 0 };
+	struct pmd_config *c = NULL;
+	assert_int_equal(config_load(path, &c, &errs), -1);
+	assert_null(c);
+	assert_int_equal(errs.n, 1);
+	char want[128];
+	snprintf(want, sizeof(want), "%s: cannot read: File too large", path);
+	assert_string_equal(errs.v[0], want);
+	strlist_free(&errs);
+	unlink(path);
+}
+
 static void test_strlist(void **state)
 {
 	(void)state;
@@ -784,6 +823,8 @@ int main(void)
 		cmocka_unit_test(test_listen_conflicts),
 		cmocka_unit_test(test_many_errors_at_once),
 		cmocka_unit_test(test_repeatable_and_continuation),
+		cmocka_unit_test(test_syntax_details),
+		cmocka_unit_test(test_file_too_large),
 		cmocka_unit_test(test_strlist),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
