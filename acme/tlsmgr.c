@@ -177,7 +177,11 @@ static int start_acme(struct tlsmgr *t, const struct pmd_config *cfg, char **err
 		b = NULL;
 	}
 	free(err);
-	if (!b) {
+	if (b) {
+		char na[32];
+		acme_format_time(b->not_after, na, sizeof(na));
+		log_info("stored certificate loaded not_after=%s issuer=%s", na, log_q(b->issuer));
+	} else {
 		temporary = 1;
 		if (!(b = selfsigned(t->names, t->n_names, TEMPORARY_DAYS, errp)))
 			return -1;
@@ -240,6 +244,7 @@ static int apply(struct tlsmgr *t, const struct pmd_config *cfg, char **errp)
 	t->names = names;
 	t->n_names = n;
 	names = NULL;
+	n = 0;
 	t->mode = cfg->tls_mode;
 	rc = 0;
 	if (cfg->tls_mode == TLS_ACME && !t->acme)
