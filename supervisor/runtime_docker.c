@@ -51,7 +51,7 @@ struct op {
 	struct op *wait_next;          /* list of ops waiting for the version */
 	char what[640];                /* "docker create pm-backend-green" */
 	char name[128], id[128], image[512];
-	char *body;                    /* create payload */
+	char *body;                    /* create payload; pull: first line of the answer */
 	char *auth;                    /* X-Registry-Auth header line */
 	char *err;                     /* first error seen */
 	int retried, container_port, exit_code;
@@ -536,6 +536,9 @@ static int pull_data(void *arg, const char *data, size_t len)
 			op->line[op->line_len++] = data[i];
 			continue;
 		}
+		/* the first line is the error document when the status is not 200 */
+		if (!op->body)
+			op->body = strndup(op->line ? op->line : "", op->line_len);
 		r = docker_pull_line(&op->pull, op->line ? op->line : "", op->line_len, out, sizeof(out), &err);
 		op->line_len = 0;
 		if (r < 0) {
@@ -554,7 +557,11 @@ static int pull_data(void *arg, const char *data, size_t len)
 static void pull_done(struct op *op, const struct httpc_response *res)
 {
 	if (res->status != 200 && !op->err) {
-		char *m = res->error ? NULL : docker_error_text(res->body, res->status);
+		char *m;
+
+		if (!op->body && op->line_len)
+			op->body = strndup(op->line, op->line_len);
+		m = res->error ? NULL : docker_error_text(op->body, res->status);
 		char *t = m ? docker_pull_error_text(m) : NULL;
 
 		if (res->error)
