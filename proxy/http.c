@@ -56,6 +56,57 @@ static const unsigned char cls[256] = {
 #define CHUNK_LINE_MAX 4096
 #define TRAILERS_MAX 16384
 
+/* Word-at-a-time scanning (SWAR): 8 bytes per step while none of them
+ * needs a closer look. The lowest flagged byte of a word is exact (borrows
+ * only spill upwards), so on little-endian the scan stops on that byte and
+ * the byte loop after it decides; elsewhere it stops at the word start. */
+#define ONES 0x0101010101010101ull
+#define HIGHS 0x8080808080808080ull
+#define ANY_LESS(x, n) (((x) - ONES * (n)) & ~(x) & HIGHS)   /* n <= 128 */
+#define ANY_ZERO(x) (((x) - ONES) & ~(x) & HIGHS)
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#define FIRST_FLAGGED(m) ((size_t)__builtin_ctzll(m) >> 3)
+#else
+#define FIRST_FLAGGED(m) ((size_t)0)
+#endif
+
+static inline uint64_t load8(const unsigned char *p)
+{
+	uint64_t x;
+
+	memcpy(&x, p, 8);
+	return x;
+}
+
+/* Skips bytes 0x20-0x7e and 0x80-0xff (HTAB is left to the byte loop). */
+static inline const unsigned char *skip_field_words(const unsigned char *p,
+	const unsigned char *end)
+{
+	while (end - p >= 8) {
+		uint64_t x = load8(p);
+		uint64_t m = ANY_LESS(x, 0x20) | ANY_ZERO(x ^ (ONES * 0x7f));
+		if (m)
+			return p + FIRST_FLAGGED(m);
+		p += 8;
+	}
+	return p;
+}
+
+/* Skips visible ASCII 0x21-0x7e. */
+static inline const unsigned char *skip_vchar_words(const unsigned char *p,
+	const unsigned char *end)
+{
+	while (end - p >= 8) {
+		uint64_t x = load8(p);
+		uint64_t m = ANY_LESS(x, 0x21) | (x & HIGHS) |
+			ANY_ZERO(x ^ (ONES * 0x7f));
+		if (m)
+			return p + FIRST_FLAGGED(m);
+		p += 8;
+	}
+	return p;
+}
+
 static inline unsigned char lower(unsigned char c)
 {
 	return IN(c, 'A', 'Z') ? (unsigned char)(c | 0x20) : c;
@@ -145,6 +196,9 @@ static int field_line(const unsigned char **pp, const unsigned char *end,
 {
 	const unsigned char *p = *pp, *name = p, *value, *vend;
 
+	while (end - p >= 4 && IS(p[0], C_TCHAR) && IS(p[1], C_TCHAR) &&
+	    IS(p[2], C_TCHAR) && IS(p[3], C_TCHAR))
+		p += 4;
 	while (p < end && IS(*p, C_TCHAR))
 		p++;
 	if (p == end)
@@ -164,6 +218,7 @@ static int field_line(const unsigned char **pp, const unsigned char *end,
 	while (p < end && OWS(*p))
 		p++;
 	value = p;
+	p = skip_field_words(p, end);
 	while (p < end && IS(*p, C_FIELD))
 		p++;
 	if (p == end)
@@ -626,6 +681,7 @@ int http_parse_request(const char *buf, size_t len, size_t max_head,
 	req->method = buf;
 	req->method_len = (size_t)(p - b);
 	s = ++p;
+	p = skip_vchar_words(p, end);
 	while (p < end && IS(*p, C_VCHAR))
 		p++;
 	if (p == end)

@@ -46,7 +46,7 @@ run: all
 			tail -n 40 $(FUZZ_BUILD)/$$h.log; \
 			echo "fuzz $$h: FAILED (log: $(FUZZ_BUILD)/$$h.log)"; exit 1; \
 		fi; \
-		grep -E '^stat::(number_of_executed_units|average_exec_per_sec|peak_rss_mb)' \
+		grep -aE '^stat::(number_of_executed_units|average_exec_per_sec|peak_rss_mb)' \
 			$(FUZZ_BUILD)/$$h.log | tr '\n' ' '; echo; \
 		echo "fuzz $$h: ok"; \
 	done

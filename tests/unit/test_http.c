@@ -359,6 +359,49 @@ static void test_request_incremental(void **state)
 	assert_span(req.path, req.path_len, "/upload");
 }
 
+/* The value and target scanners go 8 bytes at a time: a byte at every
+ * offset of a long value or target must be judged like a lone byte. */
+static void test_request_every_offset(void **state)
+{
+	static const unsigned char bad_value[] = { 0x00, 0x01, 0x0b, 0x1f, 0x7f, '\n' };
+	static const unsigned char ok_value[] = { '\t', 0x80, 0xff, ' ', 0x7e };
+	static const unsigned char bad_target[] = { 0x00, 0x1f, 0x7f, 0x80, 0xff, '\t' };
+	char buf[256];
+	struct http_request req;
+	(void)state;
+
+	for (size_t off = 0; off < 40; off++) {
+		for (size_t i = 0; i < sizeof bad_value; i++) {
+			int n = snprintf(buf, sizeof buf, "GET / HTTP/1.1\r\nHost: a\r\n"
+				"X: %040d\r\n\r\n", 0);
+			buf[28 + off] = (char)bad_value[i];
+			assert_int_equal(http_parse_request(buf, (size_t)n, MAX_HEAD,
+				MAX_BODY, &req), -1);
+			assert_int_equal(req.status, 400);
+		}
+		for (size_t i = 0; i < sizeof ok_value; i++) {
+			int n = snprintf(buf, sizeof buf, "GET / HTTP/1.1\r\nHost: a\r\n"
+				"X: %040d\r\n\r\n", 0);
+			buf[28 + off] = (char)ok_value[i];
+			assert_int_equal(http_parse_request(buf, (size_t)n, MAX_HEAD,
+				MAX_BODY, &req), n);
+			bool ows = ok_value[i] == ' ' || ok_value[i] == '\t';
+			size_t start = off == 0 && ows ? 29 : 28;  /* OWS trimmed */
+			size_t want = ows && (off == 0 || off == 39) ? 39 : 40;
+			assert_int_equal(req.headers[1].value_len, want);
+			assert_ptr_equal(req.headers[1].value, buf + start);
+		}
+		for (size_t i = 0; i < sizeof bad_target; i++) {
+			int n = snprintf(buf, sizeof buf, "GET /%040d HTTP/1.1\r\n"
+				"Host: a\r\n\r\n", 0);
+			buf[5 + off] = (char)bad_target[i];
+			assert_int_equal(http_parse_request(buf, (size_t)n, MAX_HEAD,
+				MAX_BODY, &req), -1);
+			assert_int_equal(req.status, 400);
+		}
+	}
+}
+
 /* ---- responses ---- */
 
 struct res_case {
@@ -656,6 +699,7 @@ int main(void)
 		cmocka_unit_test(test_request_fields),
 		cmocka_unit_test(test_request_limits),
 		cmocka_unit_test(test_request_incremental),
+		cmocka_unit_test(test_request_every_offset),
 		cmocka_unit_test(test_response_table),
 		cmocka_unit_test(test_response_fields),
 		cmocka_unit_test(test_chunked_table),
