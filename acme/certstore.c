@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 #include <arpa/inet.h>
 
+#include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/x509v3.h>
 
@@ -159,6 +160,7 @@ struct cert_bundle *certstore_parse(const char *pem, size_t len, EVP_PKEY *key,
 	struct cert_bundle *b = bundle_alloc();
 	BIO *bio = BIO_new_mem_buf(pem, (int)len);
 	X509 *x;
+	ERR_clear_error();
 	if (!b || !bio || !(b->chain = sk_X509_new_null())) {
 		set_errf(errp, "%s: out of memory", what);
 		goto fail;
@@ -167,13 +169,27 @@ struct cert_bundle *certstore_parse(const char *pem, size_t len, EVP_PKEY *key,
 		set_errf(errp, "%s: no PEM certificate found", what);
 		goto fail;
 	}
+	X509 *prev = b->leaf;
 	while ((x = PEM_read_bio_X509(bio, NULL, NULL, NULL))) {
 		if (!sk_X509_push(b->chain, x)) {
 			X509_free(x);
 			set_errf(errp, "%s: out of memory", what);
 			goto fail;
 		}
+		if (X509_NAME_cmp(X509_get_issuer_name(prev), X509_get_subject_name(x)) != 0) {
+			set_errf(errp, "%s: certificate %d of the chain did not issue the one before it",
+				what, sk_X509_num(b->chain) + 1);
+			goto fail;
+		}
+		prev = x;
 	}
+	/* the loop ends at "no more PEM blocks"; anything else is a damaged file */
+	unsigned long e = ERR_peek_last_error();
+	if (e && !(ERR_GET_LIB(e) == ERR_LIB_PEM && ERR_GET_REASON(e) == PEM_R_NO_START_LINE)) {
+		set_errf(errp, "%s: certificate %d is damaged or truncated", what, sk_X509_num(b->chain) + 2);
+		goto fail;
+	}
+	ERR_clear_error();
 	EVP_PKEY_up_ref(key);
 	b->key = key;
 	if (bundle_fields(b, what, errp) < 0)

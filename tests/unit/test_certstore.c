@@ -147,6 +147,26 @@ static void test_corrupt(void **state)
 	free(err);
 	err = NULL;
 
+	/* leaf intact, issuer certificate cut in the middle */
+	assert_int_equal(fs_write_atomic(path, pem, len * 3 / 4, 0644, &err), 0);
+	assert_null(certstore_load(dir, &err));
+	assert_non_null(strstr(err, "certificate 2 is damaged or truncated"));
+	free(err);
+	err = NULL;
+
+	/* chain that does not belong to the leaf: the leaf twice */
+	char *twice = malloc(2 * len);
+	const char *end = strstr(pem, "-----END CERTIFICATE-----\n") + strlen("-----END CERTIFICATE-----\n");
+	size_t leaf_len = (size_t)(end - pem);
+	memcpy(twice, pem, leaf_len);
+	memcpy(twice + leaf_len, pem, leaf_len);
+	assert_int_equal(fs_write_atomic(path, twice, 2 * leaf_len, 0644, &err), 0);
+	assert_null(certstore_load(dir, &err));
+	assert_non_null(strstr(err, "did not issue"));
+	free(err);
+	err = NULL;
+	free(twice);
+
 	/* garbage key */
 	assert_int_equal(certstore_save(dir, pem, len, key, &err), 0);
 	snprintf(path, sizeof(path), "%s/certs/key.pem", dir);

@@ -1,0 +1,253 @@
+"""ACME against Pebble: issuance through real HTTP-01 on pmd's own HTTP
+listener, chain verified with `openssl s_client` against Pebble's root,
+restart reusing account and certificate, corrupted stored certificate
+re-ordered, renewal of a short certificate installed while a connection
+stays open, nonce rejections, and Pebble down -> back off -> recover.
+
+Tests marked "own Pebble" start a private pebble + pebble-challtestsrv on
+free loopback ports (stopped by PID at teardown) because they need settings
+the shared one does not have."""
+import json
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import time
+import urllib.request
+import uuid
+
+import pytest
+
+import pmdtest
+
+
+def s_client_verify(port, servername, root):
+    p = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{port}",
+                        "-servername", servername, "-verify_return_error",
+                        "-CAfile", str(root), "-verify_hostname", servername],
+                       input=b"", capture_output=True, timeout=10)
+    return (p.stdout + p.stderr).decode("utf-8", "replace")
+
+
+def served_cert(port, servername):
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        with ctx.wrap_socket(raw, server_hostname=servername) as s:
+            return s.getpeercert(binary_form=True)
+
+
+def fetch_root(mgmt, ca, dest):
+    ctx = ssl.create_default_context(cafile=ca)
+    with urllib.request.urlopen(f"{mgmt}/roots/0", context=ctx, timeout=10) as r:
+        dest.write_bytes(r.read())
+    return dest
+
+
+def names():
+    tag = uuid.uuid4().hex[:8]
+    return [f"a-{tag}.pmd.test", f"www.a-{tag}.pmd.test"]
+
+
+def acme_pmd(pmd_factory, peb, domains, name="acme", extra_tls=None, **kw):
+    https = kw.pop("https_port", None) or pmdtest.free_port()
+    tls = {"mode": "acme", "domains": ", ".join(domains),
+           "acme_directory": peb["PMD_TEST_PEBBLE_DIR"], "acme_email": "ops@pmd.test",
+           "acme_ca_file": peb["PMD_TEST_PEBBLE_CA"]}
+    tls.update(extra_tls or {})
+    p = pmd_factory({"proxy": {"https_listen": f"127.0.0.1:{https}"}, "tls": tls},
+                    http_port=int(peb["PMD_TEST_PEBBLE_HTTP_PORT"]), name=name, **kw)
+    p.https_port = https
+    return p
+
+
+def wait_issued(p, timeout=30, after=None):
+    """Wait until /status shows a non-temporary certificate (different from
+    `after` when given); returns the tls object."""
+    def ok():
+        t = p.status()["tls"]
+        return t if (not t["temporary"] and t["issuer"].startswith("CN=Pebble")
+                     and t["not_after"] != after) else None
+    return pmdtest.wait_for(ok, timeout, interval=0.1, what="certificate issued")
+
+
+class OwnPebble:
+    """A private pebble + pebble-challtestsrv on free loopback ports."""
+
+    def __init__(self, tmp, env=None, validity=None):
+        if not shutil.which("pebble") or not shutil.which("pebble-challtestsrv"):
+            pytest.skip("pebble is not installed")
+        self.dir = tmp / "own-pebble"
+        self.dir.mkdir(exist_ok=True)
+        d = self.dir
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                        "ec_paramgen_curve:P-256", "-nodes", "-days", "2", "-subj", "/CN=localhost",
+                        "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+                        "-keyout", str(d / "key.pem"), "-out", str(d / "cert.pem")],
+                       check=True, capture_output=True)
+        self.port, self.mport, self.dport, self.cport, self.hport = (
+            pmdtest.free_port() for _ in range(5))
+        conf = {"listenAddress": f"127.0.0.1:{self.port}",
+                "managementListenAddress": f"127.0.0.1:{self.mport}",
+                "certificate": str(d / "cert.pem"), "privateKey": str(d / "key.pem"),
+                "httpPort": self.hport, "tlsPort": pmdtest.free_port(),
+                "ocspResponderURL": "", "externalAccountBindingRequired": False}
+        if validity:
+            conf["certificateValidityPeriod"] = validity
+        (d / "pebble.json").write_text(json.dumps({"pebble": conf}))
+        self.env = dict(os.environ, PEBBLE_VA_NOSLEEP="1", **(env or {}))
+        self.chall = subprocess.Popen(
+            ["pebble-challtestsrv", "-management", f"127.0.0.1:{self.cport}",
+             "-dns01", f"127.0.0.1:{self.dport}", "-http01", "", "-https01", "",
+             "-tlsalpn01", "", "-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = None
+        self.start()
+
+    def start(self):
+        self.log = open(self.dir / "pebble.log", "ab")
+        self.proc = subprocess.Popen(["pebble", "-config", str(self.dir / "pebble.json"),
+                                      "-dnsserver", f"127.0.0.1:{self.dport}"],
+                                     env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
+        ctx = ssl.create_default_context(cafile=str(self.dir / "cert.pem"))
+        pmdtest.wait_for(lambda: urllib.request.urlopen(self.env_vars()["PMD_TEST_PEBBLE_DIR"],
+                                                        context=ctx, timeout=2),
+                         20, interval=0.2, what="pebble up")
+
+    def stop(self):
+        if self.proc:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+            self.log.close()
+
+    def close(self):
+        self.stop()
+        self.chall.terminate()
+        self.chall.wait(10)
+
+    def env_vars(self):
+        return {"PMD_TEST_PEBBLE_DIR": f"https://127.0.0.1:{self.port}/dir",
+                "PMD_TEST_PEBBLE_CA": str(self.dir / "cert.pem"),
+                "PMD_TEST_PEBBLE_MGMT": f"https://127.0.0.1:{self.mport}",
+                "PMD_TEST_PEBBLE_HTTP_PORT": str(self.hport)}
+
+
+@pytest.fixture
+def own_pebble(tmp_path):
+    made = []
+
+    def make(**kw):
+        made.append(OwnPebble(tmp_path, **kw))
+        return made[-1]
+    yield make
+    for p in made:
+        p.close()
+
+
+def test_issue_verify_restart(pmd_factory, pebble, tmp_path):
+    doms = names()
+    p = acme_pmd(pmd_factory, pebble, doms)
+    # served at once with a temporary certificate, then the real one
+    tls = wait_issued(p)
+    assert tls["mode"] == "acme" and tls["domains"] == doms
+    assert tls["last_error"] is None and tls["next_renewal"]
+    root = fetch_root(pebble["PMD_TEST_PEBBLE_MGMT"], pebble["PMD_TEST_PEBBLE_CA"], tmp_path / "root.pem")
+    for n in doms:
+        out = s_client_verify(p.https_port, n, root)
+        assert "Verify return code: 0 (ok)" in out, out
+    state = p.state_dir
+    assert os.stat(f"{state}/certs/key.pem").st_mode & 0o777 == 0o600
+    assert os.stat(f"{state}/acme/account.key").st_mode & 0o777 == 0o600
+    account_key = open(f"{state}/acme/account.key", "rb").read()
+    der = served_cert(p.https_port, doms[0])
+    log = p.log_text()
+    assert log.count("acme order created") == 1
+    assert "acme http-01 challenge" in log
+    p.stop()
+
+    # restart: same account, same certificate, no new order
+    mark = len(p.log_text())
+    p.start()
+    p.wait_log(r"acme state\" from=directory to=idle", 15)
+    after = p.log_text()[mark:]
+    assert "stored certificate loaded" in after
+    assert "acme order created" not in after and "account ready" not in after
+    assert open(f"{state}/acme/account.key", "rb").read() == account_key
+    assert served_cert(p.https_port, doms[0]) == der
+    assert p.status()["tls"]["temporary"] is False
+
+
+def test_corrupted_certificate_is_reordered(pmd_factory, pebble, tmp_path):
+    doms = names()
+    p = acme_pmd(pmd_factory, pebble, doms)
+    first = wait_issued(p)
+    p.stop()
+    chain = f"{p.state_dir}/certs/fullchain.pem"
+    data = open(chain, "rb").read()
+    with open(chain, "wb") as f:
+        f.write(data[:len(data) // 2])
+    mark = len(p.log_text())
+    p.start()
+    p.wait_log(r"stored certificate unusable, ordering a new one", 10)
+    wait_issued(p, after=None)
+    assert "acme order created" in p.log_text()[mark:]
+    root = fetch_root(pebble["PMD_TEST_PEBBLE_MGMT"], pebble["PMD_TEST_PEBBLE_CA"], tmp_path / "root.pem")
+    assert "Verify return code: 0 (ok)" in s_client_verify(p.https_port, doms[1], root)
+    assert first["issuer"].startswith("CN=Pebble")
+
+
+def test_short_certificate_renews_with_connection_open(pmd_factory, own_pebble, tmp_path):
+    peb = own_pebble(validity=20)
+    env = peb.env_vars()
+    doms = names()
+    p = acme_pmd(pmd_factory, env, doms)
+    first = wait_issued(p)
+    der1 = served_cert(p.https_port, doms[0])
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    held = ctx.wrap_socket(socket.create_connection(("127.0.0.1", p.https_port), timeout=5),
+                           server_hostname=doms[0])
+    held.sendall(f"GET /a HTTP/1.1\r\nHost: {doms[0]}\r\n\r\n".encode())
+    assert held.recv(4096).startswith(b"HTTP/1.1 ")
+    # 20 s lifetime: due with half of it left, ~10 s after issuance
+    second = wait_issued(p, timeout=30, after=first["not_after"])
+    assert second["not_after"] > first["not_after"]
+    assert served_cert(p.https_port, doms[0]) != der1
+    held.sendall(f"GET /b HTTP/1.1\r\nHost: {doms[0]}\r\nConnection: close\r\n\r\n".encode())
+    assert held.recv(4096).startswith(b"HTTP/1.1 ")
+    held.close()
+    root = fetch_root(env["PMD_TEST_PEBBLE_MGMT"], env["PMD_TEST_PEBBLE_CA"], tmp_path / "root.pem")
+    assert "Verify return code: 0 (ok)" in s_client_verify(p.https_port, doms[0], root)
+
+
+def test_nonce_rejections_still_issue(pmd_factory, own_pebble):
+    # Pebble rejects 30 % of good nonces: every request may be retried
+    peb = own_pebble(env={"PEBBLE_WFE_NONCEREJECT": "30"})
+    p = acme_pmd(pmd_factory, peb.env_vars(), names())
+    wait_issued(p, timeout=30)
+    assert p.status()["tls"]["last_error"] is None
+
+
+def test_pebble_down_backs_off_and_recovers(pmd_factory, own_pebble):
+    """Slow (about 65 s): the first retry comes after 1 min +/- 10 %."""
+    peb = own_pebble()
+    env = peb.env_vars()
+    peb.stop()
+    doms = names()
+    p = acme_pmd(pmd_factory, env, doms)
+    p.wait_log(r"acme failed\" state=directory type=\"connection\"", 10)
+    tls = p.status()["tls"]
+    assert tls["temporary"] is True and tls["last_error"].startswith("connection:")
+    # HTTPS and the HTTP listener keep working on the temporary certificate
+    assert served_cert(p.https_port, doms[0])
+    assert p.get("/.well-known/acme-challenge/unknown").status == 404
+    retry = time.strptime(tls["next_renewal"], "%Y-%m-%dT%H:%M:%SZ")
+    delay = time.mktime(retry) - time.mktime(time.gmtime())
+    assert 50 <= delay <= 70, tls
+    peb.start()
+    tls = wait_issued(p, timeout=90)
+    assert tls["last_error"] is None
