@@ -671,31 +671,24 @@ static int set_value(const struct key *k, void *obj, const char *val, char *err,
 		return SET_OK;
 	}
 	case T_DUR:
-		if (config_parse_duration(val, &u) < 0) {
-			snprintf(err, errlen, "expected a duration like 30s, got %s", quoted(val, q, sizeof(q)));
+	case T_SIZE: {
+		bool dur = k->type == T_DUR;
+		if ((dur ? config_parse_duration : config_parse_size)(val, &u) < 0) {
+			snprintf(err, errlen, "expected a %s, got %s",
+				 dur ? "duration like 30s" : "size like 16k (k, m, g or bytes)", quoted(val, q, sizeof(q)));
 			return SET_BAD;
 		}
 		if (u < (uint64_t)k->min || u > (uint64_t)k->max) {
-			fmt_dur((uint64_t)k->min, lo, sizeof(lo));
-			fmt_dur((uint64_t)k->max, hi, sizeof(hi));
-			snprintf(err, errlen, "expected a duration from %s to %s, got %s", lo, hi, quoted(val, q, sizeof(q)));
+			void (*fmt)(uint64_t, char *, size_t) = dur ? fmt_dur : fmt_size;
+			fmt((uint64_t)k->min, lo, sizeof(lo));
+			fmt((uint64_t)k->max, hi, sizeof(hi));
+			snprintf(err, errlen, "expected a %s from %s to %s, got %s", dur ? "duration" : "size", lo, hi,
+				 quoted(val, q, sizeof(q)));
 			return SET_BAD;
 		}
 		*(uint64_t *)field = u;
 		return SET_OK;
-	case T_SIZE:
-		if (config_parse_size(val, &u) < 0) {
-			snprintf(err, errlen, "expected a size like 16k (k, m, g or bytes), got %s", quoted(val, q, sizeof(q)));
-			return SET_BAD;
-		}
-		if (u < (uint64_t)k->min || u > (uint64_t)k->max) {
-			fmt_size((uint64_t)k->min, lo, sizeof(lo));
-			fmt_size((uint64_t)k->max, hi, sizeof(hi));
-			snprintf(err, errlen, "expected a size from %s to %s, got %s", lo, hi, quoted(val, q, sizeof(q)));
-			return SET_BAD;
-		}
-		*(uint64_t *)field = u;
-		return SET_OK;
+	}
 	case T_ENUM: {
 		int v = -1;
 		if (k->enum_parse) {
@@ -877,13 +870,22 @@ static const struct named {
 
 #define FIELD(obj, off, type) ((type *)((char *)(obj) + (off)))
 
+/* The element array of a named kind (through memcpy: its declared type is
+ * struct svc_conf * etc.). */
+static char *named_array(const struct pmd_config *c, enum skind k)
+{
+	char *arr;
+	memcpy(&arr, (const char *)c + named[k].arr_off, sizeof(arr));
+	return arr;
+}
+
 static void *sect_obj(struct ctx *x, const struct sect *s)
 {
 	if (s->scratch)
 		return s->scratch;
 	if (!NAMED(s->kind))
 		return x->cfg;
-	return *FIELD(x->cfg, named[s->kind].arr_off, char *) + s->index * named[s->kind].size;
+	return named_array(x->cfg, s->kind) + s->index * named[s->kind].size;
 }
 
 /* "[service backend]" or "[proxy]" */
@@ -944,7 +946,6 @@ static void open_named(struct ctx *x, enum skind kind, const char *name, int lin
 {
 	const struct named *d = &named[kind];
 	size_t *n = FIELD(x->cfg, d->n_off, size_t);
-	char **arr = FIELD(x->cfg, d->arr_off, char *);
 	void *obj = NULL;
 	int first_line = 0;
 
@@ -959,10 +960,10 @@ static void open_named(struct ctx *x, enum skind kind, const char *name, int lin
 		add_err(x, line, "duplicate section [%s %s] (first at line %d)", skind_names[kind], name, first_line);
 		obj = s->scratch = calloc(1, d->size);
 	} else {
-		char *grown = realloc(*arr, (*n + 1) * d->size);
+		char *grown = realloc(named_array(x->cfg, kind), (*n + 1) * d->size);
 		if (!grown)
 			goto fail;
-		*arr = grown;
+		memcpy((char *)x->cfg + d->arr_off, &grown, sizeof(grown));
 		s->index = (*n)++;
 		obj = grown + s->index * d->size;
 		memset(obj, 0, d->size);
