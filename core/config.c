@@ -228,7 +228,8 @@ static int online_cpus(void)
 
 /* ---- item checks (what a string value may look like) --------------------- */
 
-static bool chk_abspath(const char *s) { return s[0] == '/'; }
+/* Paths may be relative: they resolve against pmd's working directory. */
+static bool chk_path(const char *s) { return s[0] != '\0'; }
 
 static bool chk_urlpath(const char *s)
 {
@@ -418,7 +419,7 @@ static const char *const restart_names[] = { "always", "on-failure", "never", NU
 #define SV(f) offsetof(struct svc_conf, f)
 #define RT(f) offsetof(struct route_conf, f)
 #define ST(f) offsetof(struct static_conf, f)
-#define ABS .check = chk_abspath, .expect = "an absolute path"
+#define PATH .check = chk_path, .expect = "a path"
 #define URLPATH .check = chk_urlpath, .expect = "a path starting with /"
 #define URLPATH_OPT .check = chk_urlpath_opt, .expect = "a path starting with /"
 #define DUR(lo) .type = T_DUR, .min = (lo), .max = DUR_MAX
@@ -426,10 +427,10 @@ static const char *const restart_names[] = { "always", "on-failure", "never", NU
 /* Every key of SPEC.md's configuration block. Defaults are SPEC's, except
  * deployment-specific examples (image, domains, ...), which default to "". */
 static const struct key keys[] = {
-	{ .sect = S_PMD, .name = "state_dir", .def = "/var/lib/pmd", .off = P(state_dir), ABS },
-	{ .sect = S_PMD, .name = "control_socket", .def = "/run/pmd/control.sock", .off = P(control_socket), ABS },
+	{ .sect = S_PMD, .name = "state_dir", .def = "/var/lib/pmd", .off = P(state_dir), PATH },
+	{ .sect = S_PMD, .name = "control_socket", .def = "/run/pmd/control.sock", .off = P(control_socket), PATH },
 	{ .sect = S_PMD, .name = "control_group", .def = "deploy", .off = P(control_group) },
-	{ .sect = S_PMD, .name = "docker_socket", .def = "/var/run/docker.sock", .off = P(docker_socket), ABS },
+	{ .sect = S_PMD, .name = "docker_socket", .def = "/var/run/docker.sock", .off = P(docker_socket), PATH },
 	{ .sect = S_PMD, .name = "log_format", .type = T_ENUM, .def = "logfmt", .off = P(log_format),
 	  .choices = format_names, .enum_parse = format_parse },
 	{ .sect = S_PMD, .name = "log_level", .type = T_ENUM, .def = "info", .off = P(log_level),
