@@ -109,7 +109,10 @@ struct pmd_config {
 
 /* Parse and validate `path`. On success returns 0 and *out (caller frees with
  * config_free). On failure returns -1, *out untouched, and appends every
- * problem found as "FILE:LINE: message" to errs (not just the first). */
+ * problem found as "FILE:LINE: message" to errs (not just the first), sorted
+ * by line; "FILE: message" when no line applies (unreadable file, or a
+ * default that needs a section the file lacks: no [tls] with mode acme).
+ * With [tls] mode = off, https_listen is left empty (n_https_listen 0). */
 int config_load(const char *path, struct pmd_config **out, struct strlist *errs);
 /* As config_load, with the file's text given; `name` is used in messages
  * (tests, fuzzing). */
