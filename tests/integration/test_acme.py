@@ -251,3 +251,140 @@ def test_pebble_down_backs_off_and_recovers(pmd_factory, own_pebble):
     peb.start()
     tls = wait_issued(p, timeout=90)
     assert tls["last_error"] is None
+
+
+class AriFront:
+    """A small HTTPS responder in front of Pebble 2.4 (which has no ARI):
+    forwards every request to Pebble with its own Host (Pebble builds its
+    URLs from Host, so the whole protocol flows through here), adds
+    `renewalInfo` to the directory, answers renewalInfo/CERTID with
+    `window` (a pair of epoch seconds), and records newOrder payloads."""
+
+    def __init__(self, peb):
+        import base64
+        import http.server
+        import threading
+        self.window = None
+        self.ari_ids = []
+        self.orders = []
+        self.port = pmdtest.free_port()
+        base = f"https://127.0.0.1:{self.port}"
+        pctx = ssl.create_default_context(cafile=str(peb.dir / "cert.pem"))
+        front = self
+
+        class H(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def reply(self, code, body, headers):
+                self.send_response(code)
+                for k, v in headers:
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            def forward(self, body=None):
+                req = urllib.request.Request(f"https://127.0.0.1:{peb.port}{self.path}", data=body,
+                                             method=self.command,
+                                             headers={"Host": f"127.0.0.1:{front.port}",
+                                                      "Content-Type": "application/jose+json"})
+                try:
+                    r = urllib.request.urlopen(req, context=pctx)
+                except urllib.error.HTTPError as e:
+                    r = e
+                data = r.read()
+                keep = ("Location", "Replay-Nonce", "Link", "Retry-After", "Content-Type")
+                return r.status, data, [(k, v) for k, v in r.headers.items() if k in keep]
+
+            def do_HEAD(self):
+                self.reply(*self.forward())
+
+            def do_GET(self):
+                if self.path.startswith("/renewal-info/"):
+                    front.ari_ids.append(self.path[len("/renewal-info/"):])
+                    fmt = lambda t: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+                    s, e = front.window
+                    body = json.dumps({"suggestedWindow": {"start": fmt(s), "end": fmt(e)}}).encode()
+                    self.reply(200, body, [("Content-Type", "application/json"), ("Retry-After", "3600")])
+                    return
+                status, data, headers = self.forward()
+                if self.path == "/dir":
+                    d = json.loads(data)
+                    d["renewalInfo"] = f"{base}/renewal-info"
+                    data = json.dumps(d).encode()
+                self.reply(status, data, headers)
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                if self.path == "/order-plz":
+                    payload = json.loads(body)["payload"]
+                    front.orders.append(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))))
+                self.reply(*self.forward(body))
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), H)
+        sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        sctx.load_cert_chain(str(peb.dir / "cert.pem"), str(peb.dir / "key.pem"))
+        self.httpd.socket = sctx.wrap_socket(self.httpd.socket, server_side=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"{base}/dir"
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def ari_cert_id(pem_path):
+    """RFC 9773 cert ID computed with openssl, independently of pmd."""
+    import base64
+    import re
+    text = subprocess.run(["openssl", "x509", "-in", str(pem_path), "-noout", "-serial",
+                           "-ext", "authorityKeyIdentifier"], capture_output=True, text=True,
+                          check=True).stdout
+    hexs = re.search(r"serial=([0-9A-F]+)", text).group(1)
+    serial = bytes.fromhex(hexs if len(hexs) % 2 == 0 else "0" + hexs)
+    if serial[0] & 0x80:
+        serial = b"\0" + serial
+    aki = bytes.fromhex(re.search(r"((?:[0-9A-F]{2}:){19}[0-9A-F]{2})", text).group(1).replace(":", ""))
+    b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+    return f"{b64(aki)}.{b64(serial)}"
+
+
+def test_ari_window_and_replaces(pmd_factory, own_pebble):
+    peb = own_pebble()
+    front = AriFront(peb)
+    try:
+        env = dict(peb.env_vars(), PMD_TEST_PEBBLE_DIR=front.url)
+        now = time.time()
+        front.window = (now + 86400, now + 2 * 86400)
+        doms = names()
+        p = acme_pmd(pmd_factory, env, doms)
+        wait_issued(p)
+        assert "replaces" not in front.orders[0]
+        p.stop()
+        # restart: ARI is asked, the window is in the future: no order
+        mark = len(p.log_text())
+        p.start()
+        p.wait_log(r"acme renewal window", 10)
+        cert_id = ari_cert_id(f"{p.state_dir}/certs/fullchain.pem")
+        assert front.ari_ids == [cert_id]
+        tls = p.status()["tls"]
+        start, end = (time.mktime(time.strptime(tls["ari_window"][k], "%Y-%m-%dT%H:%M:%SZ"))
+                      for k in ("start", "end"))
+        assert abs(start - time.mktime(time.gmtime(front.window[0]))) <= 1
+        assert abs(end - time.mktime(time.gmtime(front.window[1]))) <= 1
+        nr = time.mktime(time.strptime(tls["next_renewal"], "%Y-%m-%dT%H:%M:%SZ"))
+        assert start - 1 <= nr <= end + 1, tls
+        assert "acme order created" not in p.log_text()[mark:]
+        # the CA moves the window into the past: renew now, with `replaces`
+        front.window = (now - 7200, now - 3600)
+        p.reload()
+        pmdtest.wait_for(lambda: len(front.orders) == 2, 20, what="renewal order")
+        assert front.orders[1]["replaces"] == cert_id
+        pmdtest.wait_for(lambda: p.log_text().count("acme certificate issued") == 2, 20,
+                         what="renewed certificate")
+        assert ari_cert_id(f"{p.state_dir}/certs/fullchain.pem") != cert_id
+    finally:
+        front.close()
