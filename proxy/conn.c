@@ -13,7 +13,7 @@
  *   CS_TUNNEL after a 101: bytes both ways until a side closes
  *   CS_LINGER answer written; half-close, discard input, then free
  *
- * Ownership: a conn owns its bufferevent, timer and (while proxying) its
+ * Ownership: a conn owns its socket (struct io), timer and (while proxying) its
  * upstream; it holds one backend reference and one backend->inflight count
  * from the moment a backend is chosen until the request (or tunnel) ends.
  *
@@ -38,7 +38,7 @@
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
-#include <event2/bufferevent_ssl.h>
+#include <event2/event_struct.h>
 #include <openssl/ssl.h>
 
 #include "log.h"
@@ -66,7 +66,7 @@ struct body {
 
 struct upstream {
 	struct worker *w;
-	struct bufferevent *bev;
+	struct io io;
 	struct backend *be;            /* reference */
 	struct conn *c;                /* owner, NULL when idle or retiring */
 	struct upstream *next;         /* pool idle list */
@@ -76,8 +76,8 @@ struct upstream {
 
 struct conn {
 	struct worker *w;
-	struct bufferevent *bev;
-	struct event *timer;
+	struct io io;
+	struct event timer;
 	struct conn *next, *prev;      /* worker->conns */
 	struct conn *hnext, *hprev;    /* worker->held */
 	struct upstream *up;
@@ -105,10 +105,10 @@ struct conn {
 static void conn_free(struct conn *c);
 static void conn_try_head(struct conn *c);
 static void conn_finish_request(struct conn *c);
-static void client_read(struct bufferevent *bev, void *arg);
-static void up_read(struct bufferevent *bev, void *arg);
-static void up_write(struct bufferevent *bev, void *arg);
-static void up_event(struct bufferevent *bev, short what, void *arg);
+static void client_read(struct io *io, void *arg);
+static void up_read(struct io *io, void *arg);
+static void up_write(struct io *io, void *arg);
+static void up_event(struct io *io, short what, void *arg);
 
 /* Small bounded writer into reserved evbuffer space. */
 struct wb {
@@ -145,10 +145,10 @@ static void timer_set(struct conn *c, enum tkind kind, uint64_t ms)
 {
 	c->tkind = kind;
 	if (kind == T_NONE) {
-		event_del(c->timer);
+		event_del(&c->timer);
 		return;
 	}
-	event_add(c->timer, worker_tv(c->w, ms));
+	event_add(&c->timer, worker_tv(c->w, ms));
 }
 
 /* An inactivity timer that is not re-armed on every read: reads only stamp
@@ -345,7 +345,7 @@ static void upstream_free(struct upstream *u)
 {
 	if (!u)
 		return;
-	bufferevent_free(u->bev);
+	io_close(&u->io);
 	backend_unref(u->be);
 	free(u);
 }
@@ -392,18 +392,18 @@ static void pool_unlink(struct worker *w, struct upstream *u)
 
 /* An idle pooled connection said something (EOF, error, or unsolicited
  * bytes): it cannot be reused. */
-static void idle_read(struct bufferevent *bev, void *arg)
+static void idle_read(struct io *io, void *arg)
 {
-	(void)bev;
+	(void)io;
 	struct upstream *u = arg;
 	pool_unlink(u->w, u);
 	upstream_free(u);
 }
 
-static void idle_event(struct bufferevent *bev, short what, void *arg)
+static void idle_event(struct io *io, short what, void *arg)
 {
 	(void)what;
-	idle_read(bev, arg);
+	idle_read(io, arg);
 }
 
 static void pool_put(struct upstream *u)
@@ -418,8 +418,8 @@ static void pool_put(struct upstream *u)
 	u->c = NULL;
 	u->reused = true;
 	u->idle_since = worker_now_ms(w);
-	bufferevent_setcb(u->bev, idle_read, NULL, idle_event, u);
-	bufferevent_enable(u->bev, EV_READ);
+	io_setcb(&u->io, idle_read, NULL, idle_event, u);
+	io_read_on(&u->io, true);
 	u->next = pl->idle;
 	pl->idle = u;
 	pl->n_idle++;
@@ -437,35 +437,15 @@ static struct upstream *pool_get(struct worker *w, const struct backend *be)
 	return u;
 }
 
-/* Detached upstream: flush what is queued for it (close frames), then free. */
-static void retire_write(struct bufferevent *bev, void *arg)
-{
-	if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
-		upstream_free(arg);
-}
-
-static void retire_event(struct bufferevent *bev, short what, void *arg)
-{
-	(void)bev;
-	(void)what;
-	upstream_free(arg);
-}
-
+/* Detached upstream: write what is queued for it (a close frame, the
+ * last bytes of a tunnel) if the socket takes it now, then free. */
 static void upstream_retire(struct upstream *u)
 {
 	if (!u)
 		return;
 	u->c = NULL;
-	if (evbuffer_get_length(bufferevent_get_output(u->bev)) == 0) {
-		upstream_free(u);
-		return;
-	}
-	u->retiring = true;
-	struct timeval tv = { 5, 0 };
-	bufferevent_set_timeouts(u->bev, NULL, &tv);
-	bufferevent_setwatermark(u->bev, EV_WRITE, 0, 0);
-	bufferevent_disable(u->bev, EV_READ);
-	bufferevent_setcb(u->bev, NULL, retire_write, retire_event, u);
+	io_flush_now(&u->io);
+	upstream_free(u);
 }
 
 /* Start a connection to be; NULL with errno on immediate failure
@@ -484,20 +464,15 @@ static struct upstream *upstream_connect(struct worker *w, struct backend *be)
 		return NULL;
 	}
 	struct upstream *u = calloc(1, sizeof(*u));
-	struct bufferevent *bev = u ? bufferevent_socket_new(w->base, fd, BEV_OPT_CLOSE_ON_FREE) : NULL;
-	if (!bev || bufferevent_socket_connect(bev, NULL, 0) < 0) {
-		if (bev)
-			bufferevent_free(bev);
-		else
-			close(fd);
+	if (!u || io_init_plain(&u->io, w, fd, true) < 0) {
+		close(fd);
 		free(u);
 		errno = ENOMEM;
 		return NULL;
 	}
 	u->w = w;
-	u->bev = bev;
 	u->be = backend_ref(be);
-	bufferevent_setwatermark(bev, EV_WRITE, LOW_WATER, 0);
+	io_set_write_low(&u->io, LOW_WATER);
 	return u;
 }
 
@@ -505,8 +480,8 @@ static void upstream_attach(struct conn *c, struct upstream *u)
 {
 	c->up = u;
 	u->c = c;
-	bufferevent_setcb(u->bev, up_read, up_write, up_event, u);
-	bufferevent_enable(u->bev, EV_READ | EV_WRITE);
+	io_setcb(&u->io, up_read, up_write, up_event, u);
+	io_read_on(&u->io, true);
 }
 
 /* Drop the connection's upstream: back to the pool if reusable. */
@@ -516,7 +491,7 @@ static void conn_release_upstream(struct conn *c, bool reusable)
 	if (!u)
 		return;
 	c->up = NULL;
-	if (reusable && evbuffer_get_length(bufferevent_get_input(u->bev)) == 0)
+	if (reusable && evbuffer_get_length(io_in(&u->io)) == 0)
 		pool_put(u);
 	else
 		upstream_free(u);
@@ -549,7 +524,7 @@ static struct backend *pick_backend(struct worker *w, const struct snap_service 
 static void conn_drop_head(struct conn *c)
 {
 	if (c->head_kept) {
-		evbuffer_drain(bufferevent_get_input(c->bev), c->head_len);
+		evbuffer_drain(io_in(&c->io), c->head_len);
 		c->head_kept = false;
 	}
 }
@@ -583,16 +558,16 @@ static void conn_linger(struct conn *c)
 	}
 	c->state = CS_LINGER;
 	timer_set(c, T_LINGER, LINGER_MS);
-	bufferevent_setwatermark(c->bev, EV_WRITE, 0, 0);
-	bufferevent_setwatermark(c->bev, EV_READ, 0, 0);
-	bufferevent_enable(c->bev, EV_READ | EV_WRITE);
-	if (c->client_eof && evbuffer_get_length(bufferevent_get_output(c->bev)) == 0) {
+	io_set_write_low(&c->io, 0);
+	io_set_read_high(&c->io, 0);
+	io_read_on(&c->io, true);
+	if (c->client_eof && evbuffer_get_length(io_out(&c->io)) == 0) {
 		conn_free(c);
 		return;
 	}
-	evbuffer_drain(bufferevent_get_input(c->bev), evbuffer_get_length(bufferevent_get_input(c->bev)));
-	if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0 && !c->tls)
-		shutdown(bufferevent_getfd(c->bev), SHUT_WR);
+	evbuffer_drain(io_in(&c->io), evbuffer_get_length(io_in(&c->io)));
+	if (evbuffer_get_length(io_out(&c->io)) == 0 && !c->tls)
+		io_shutdown_wr(&c->io);
 }
 
 /* Account and log the request that just ended; release its backend. */
@@ -624,7 +599,7 @@ static void conn_next(struct conn *c)
 	conn_finish_request(c);
 	conn_drop_head(c);
 	if (c->close_after || c->w->stopping ||
-	    (c->client_eof && evbuffer_get_length(bufferevent_get_input(c->bev)) == 0)) {
+	    (c->client_eof && evbuffer_get_length(io_in(&c->io)) == 0)) {
 		conn_linger(c);
 		return;
 	}
@@ -634,9 +609,9 @@ static void conn_next(struct conn *c)
 	c->retried = false;
 	if (c->client_paused) {
 		c->client_paused = false;
-		bufferevent_enable(c->bev, EV_READ);
+		io_read_on(&c->io, true);
 	}
-	if (evbuffer_get_length(bufferevent_get_input(c->bev)) == 0) {
+	if (evbuffer_get_length(io_in(&c->io)) == 0) {
 		timer_set(c, T_IDLE, ps->idle_timeout_ms);
 		return;
 	}
@@ -651,7 +626,7 @@ static void conn_local(struct conn *c, int status, const char *extra, const char
 	const char *body, size_t blen, bool close)
 {
 	const struct proxy_settings *ps = worker_settings(c->w);
-	struct evbuffer *out = bufferevent_get_output(c->bev);
+	struct evbuffer *out = io_out(&c->io);
 	if (c->rq.kind != HTTP_BODY_NONE && !c->rq.done)
 		close = true;            /* its body was not read */
 	if (!c->keep_alive)
@@ -1012,7 +987,7 @@ static void conn_forward(struct conn *c, const struct http_request *req, struct 
 	upstream_attach(c, u);
 	c->state = CS_PROXY;
 	c->res_head_done = c->res_started = false;
-	if (emit_request_head(c, req, bufferevent_get_output(u->bev)) < 0) {
+	if (emit_request_head(c, req, io_out(&u->io)) < 0) {
 		conn_error(c, 500, "cannot rewrite the request head", true);
 		return;
 	}
@@ -1022,11 +997,11 @@ static void conn_forward(struct conn *c, const struct http_request *req, struct 
 		conn_drop_head(c);
 		c->req_done = false;
 		if (req->expect_continue && !c->minor0 &&
-		    evbuffer_get_length(bufferevent_get_input(c->bev)) == 0)
-			bufferevent_write(c->bev, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+		    evbuffer_get_length(io_in(&c->io)) == 0)
+			evbuffer_add(io_out(&c->io), "HTTP/1.1 100 Continue\r\n\r\n", 25);
 	}
 	c->client_paused = false;
-	bufferevent_enable(c->bev, EV_READ);
+	io_read_on(&c->io, true);
 	if (!u->connected)
 		timer_set(c, T_CONNECT, ps->upstream_connect_timeout_ms);
 	else if (c->req_done)
@@ -1041,7 +1016,7 @@ static void conn_hold(struct conn *c, const struct proxy_settings *ps)
 {
 	c->state = CS_HELD;
 	c->client_paused = true;
-	bufferevent_disable(c->bev, EV_READ);
+	io_read_on(&c->io, false);
 	if (!c->held_linked) {
 		c->hnext = c->w->held;
 		c->hprev = NULL;
@@ -1203,7 +1178,7 @@ static void conn_request(struct conn *c, const struct http_request *req)
 static void conn_try_head(struct conn *c)
 {
 	struct worker *w = c->w;
-	struct evbuffer *in = bufferevent_get_input(c->bev);
+	struct evbuffer *in = io_in(&c->io);
 	c->in_head_loop = true;
 	while (c->state == CS_HEAD) {
 		size_t len = evbuffer_get_length(in);
@@ -1251,7 +1226,7 @@ static const struct http_request *conn_reparse(struct conn *c)
 {
 	struct worker *w = c->w;
 	const struct proxy_settings *ps = worker_settings(w);
-	struct evbuffer *in = bufferevent_get_input(c->bev);
+	struct evbuffer *in = io_in(&c->io);
 	const char *buf = (const char *)evbuffer_pullup(in, c->head_len);
 	if (!buf || http_parse_request(buf, c->head_len, c->head_len + 1 > ps->max_header_bytes ?
 			c->head_len + 1 : (size_t)ps->max_header_bytes,
@@ -1265,8 +1240,8 @@ static const struct http_request *conn_reparse(struct conn *c)
 /* Client -> upstream body. */
 static void request_body_pump(struct conn *c)
 {
-	struct evbuffer *in = bufferevent_get_input(c->bev);
-	struct evbuffer *out = bufferevent_get_output(c->up->bev);
+	struct evbuffer *in = io_in(&c->io);
+	struct evbuffer *out = io_out(&c->up->io);
 	size_t before = evbuffer_get_length(in);
 	int64_t r = body_move(&c->rq, in, out);
 	c->bytes_in += before - evbuffer_get_length(in);
@@ -1293,7 +1268,7 @@ static void request_body_pump(struct conn *c)
 	}
 	if (evbuffer_get_length(out) > HIGH_WATER && !c->client_paused) {
 		c->client_paused = true;
-		bufferevent_disable(c->bev, EV_READ);
+		io_read_on(&c->io, false);
 	}
 }
 
@@ -1322,8 +1297,8 @@ static void conn_upstream_fail(struct conn *c, int status, const char *why)
 /* Upstream -> client body. */
 static void response_body_pump(struct conn *c)
 {
-	struct evbuffer *in = bufferevent_get_input(c->up->bev);
-	struct evbuffer *out = bufferevent_get_output(c->bev);
+	struct evbuffer *in = io_in(&c->up->io);
+	struct evbuffer *out = io_out(&c->io);
 	size_t before = evbuffer_get_length(out);
 	int64_t r = body_move(&c->rs, in, out);
 	c->bytes_out += evbuffer_get_length(out) - before;
@@ -1340,15 +1315,15 @@ static void response_body_pump(struct conn *c)
 	}
 	if (evbuffer_get_length(out) > HIGH_WATER && !c->up_paused) {
 		c->up_paused = true;
-		bufferevent_disable(c->up->bev, EV_READ);
+		io_read_on(&c->up->io, false);
 	}
 }
 
 /* Tunnel: whatever arrived on either side goes to the other. */
 static void tunnel_pump(struct conn *c)
 {
-	struct evbuffer *cin = bufferevent_get_input(c->bev), *cout = bufferevent_get_output(c->bev);
-	struct evbuffer *uin = bufferevent_get_input(c->up->bev), *uout = bufferevent_get_output(c->up->bev);
+	struct evbuffer *cin = io_in(&c->io), *cout = io_out(&c->io);
+	struct evbuffer *uin = io_in(&c->up->io), *uout = io_out(&c->up->io);
 	size_t a = evbuffer_get_length(cin), b = evbuffer_get_length(uin);
 	if (a) {
 		evbuffer_add_buffer(uout, cin);
@@ -1361,11 +1336,11 @@ static void tunnel_pump(struct conn *c)
 	c->last_ms = worker_now_ms(c->w);
 	if (evbuffer_get_length(uout) > HIGH_WATER && !c->client_paused) {
 		c->client_paused = true;
-		bufferevent_disable(c->bev, EV_READ);
+		io_read_on(&c->io, false);
 	}
 	if (evbuffer_get_length(cout) > HIGH_WATER && !c->up_paused) {
 		c->up_paused = true;
-		bufferevent_disable(c->up->bev, EV_READ);
+		io_read_on(&c->up->io, false);
 	}
 }
 
@@ -1374,21 +1349,21 @@ static void tunnel_pump(struct conn *c)
 static void tunnel_close_1012(struct conn *c)
 {
 	static const unsigned char to_client[4] = { 0x88, 0x02, 0x03, 0xf4 };
-	bufferevent_write(c->bev, to_client, sizeof(to_client));
+	evbuffer_add(io_out(&c->io), to_client, sizeof(to_client));
 	if (c->up) {
 		uint64_t r = worker_random(c->w);
 		unsigned char m[4] = { (unsigned char)r, (unsigned char)(r >> 8),
 			(unsigned char)(r >> 16), (unsigned char)(r >> 24) };
 		unsigned char to_up[8] = { 0x88, 0x82, m[0], m[1], m[2], m[3],
 			(unsigned char)(0x03 ^ m[0]), (unsigned char)(0xf4 ^ m[1]) };
-		bufferevent_write(c->up->bev, to_up, sizeof(to_up));
+		evbuffer_add(io_out(&c->up->io), to_up, sizeof(to_up));
 		upstream_retire(c->up);
 		c->up = NULL;
 	}
 	conn_linger(c);
 }
 
-static void up_read(struct bufferevent *bev, void *arg)
+static void up_read(struct io *io, void *arg)
 {
 	struct upstream *u = arg;
 	struct conn *c = u->c;
@@ -1401,8 +1376,8 @@ static void up_read(struct bufferevent *bev, void *arg)
 	if (c->state != CS_PROXY)
 		return;
 	struct worker *w = c->w;
-	struct evbuffer *in = bufferevent_get_input(bev);
-	struct evbuffer *out = bufferevent_get_output(c->bev);
+	struct evbuffer *in = io_in(io);
+	struct evbuffer *out = io_out(&c->io);
 	c->res_started = true;
 	while (!c->res_head_done) {
 		size_t len = evbuffer_get_length(in);
@@ -1433,9 +1408,9 @@ static void up_read(struct bufferevent *bev, void *arg)
 			c->state = CS_TUNNEL;
 			c->res_head_done = true;
 			timer_activity(c, worker_settings(w)->idle_timeout_ms);
-			bufferevent_setwatermark(c->bev, EV_READ, 0, 0);
+			io_set_read_high(&c->io, 0);
 			if (!c->client_paused)
-				bufferevent_enable(c->bev, EV_READ);
+				io_read_on(&c->io, true);
 			tunnel_pump(c);
 			return;
 		}
@@ -1469,19 +1444,19 @@ static void up_read(struct bufferevent *bev, void *arg)
 	response_body_pump(c);
 }
 
-static void up_write(struct bufferevent *bev, void *arg)
+static void up_write(struct io *io, void *arg)
 {
 	struct upstream *u = arg;
 	struct conn *c = u->c;
 	if (!c || !c->client_paused || c->state == CS_HELD)
 		return;
-	if (evbuffer_get_length(bufferevent_get_output(bev)) > LOW_WATER)
+	if (evbuffer_get_length(io_out(io)) > LOW_WATER)
 		return;
 	c->client_paused = false;
-	bufferevent_enable(c->bev, EV_READ);
+	io_read_on(&c->io, true);
 }
 
-static void up_event(struct bufferevent *bev, short what, void *arg)
+static void up_event(struct io *io, short what, void *arg)
 {
 	struct upstream *u = arg;
 	struct conn *c = u->c;
@@ -1527,7 +1502,7 @@ static void up_event(struct bufferevent *bev, short what, void *arg)
 		return;
 	}
 	if (u->reused && !c->res_started && c->head_kept && c->idempotent && !c->retried &&
-	    evbuffer_get_length(bufferevent_get_input(bev)) == 0) {
+	    evbuffer_get_length(io_in(io)) == 0) {
 		/* the pooled connection was closed under us: once more, fresh */
 		c->retried = true;
 		c->up = NULL;
@@ -1543,7 +1518,7 @@ static void up_event(struct bufferevent *bev, short what, void *arg)
 
 /* Client callbacks ------------------------------------------------------- */
 
-static void client_read(struct bufferevent *bev, void *arg)
+static void client_read(struct io *io, void *arg)
 {
 	struct conn *c = arg;
 	switch (c->state) {
@@ -1558,17 +1533,17 @@ static void client_read(struct bufferevent *bev, void *arg)
 		tunnel_pump(c);
 		break;
 	case CS_LINGER:
-		evbuffer_drain(bufferevent_get_input(bev), evbuffer_get_length(bufferevent_get_input(bev)));
+		evbuffer_drain(io_in(io), evbuffer_get_length(io_in(io)));
 		break;
 	case CS_HELD:
 		break;
 	}
 }
 
-static void client_write(struct bufferevent *bev, void *arg)
+static void client_write(struct io *io, void *arg)
 {
 	struct conn *c = arg;
-	struct evbuffer *out = bufferevent_get_output(bev);
+	struct evbuffer *out = io_out(io);
 	if (c->state == CS_LINGER) {
 		if (evbuffer_get_length(out))
 			return;
@@ -1576,18 +1551,18 @@ static void client_write(struct bufferevent *bev, void *arg)
 			conn_free(c);
 			return;
 		}
-		shutdown(bufferevent_getfd(bev), SHUT_WR);
+		io_shutdown_wr(io);
 		return;
 	}
 	if (c->up_paused && c->up && evbuffer_get_length(out) <= LOW_WATER) {
 		c->up_paused = false;
-		bufferevent_enable(c->up->bev, EV_READ);
+		io_read_on(&c->up->io, true);
 	}
 }
 
-static void client_event(struct bufferevent *bev, short what, void *arg)
+static void client_event(struct io *io, short what, void *arg)
 {
-	(void)bev;
+	(void)io;
 	struct conn *c = arg;
 	if (what & BEV_EVENT_CONNECTED) {
 		STAT_ADD(c->w, tls_handshakes, 1);
@@ -1606,7 +1581,7 @@ static void client_event(struct bufferevent *bev, short what, void *arg)
 			c->up = NULL;
 			break;
 		case CS_LINGER:
-			if (evbuffer_get_length(bufferevent_get_output(c->bev)))
+			if (evbuffer_get_length(io_out(&c->io)))
 				return;
 			break;
 		default:
@@ -1621,7 +1596,7 @@ static void held_service_name(struct conn *c, char *why, size_t cap)
 {
 	struct worker *w = c->w;
 	const struct proxy_settings *ps = worker_settings(w);
-	struct evbuffer *in = bufferevent_get_input(c->bev);
+	struct evbuffer *in = io_in(&c->io);
 	const char *buf = (const char *)evbuffer_pullup(in, c->head_len);
 	snprintf(why, cap, "no healthy instance of the service");
 	if (!w->snap) {
@@ -1655,17 +1630,13 @@ static void conn_begin_error_request(struct conn *c, size_t bytes_in)
 	body_init(&c->rq, HTTP_BODY_NONE, 0, 0, false);
 }
 
-static void conn_timer(evutil_socket_t fd, short what, void *arg)
+static void conn_timer_fire(struct conn *c)
 {
-	(void)fd;
-	(void)what;
-	struct conn *c = arg;
-	const struct proxy_settings *ps = worker_settings(c->w);
 	enum tkind k = c->tkind;
 	c->tkind = T_NONE;
 	switch (k) {
 	case T_HEADER: {
-		size_t have = evbuffer_get_length(bufferevent_get_input(c->bev));
+		size_t have = evbuffer_get_length(io_in(&c->io));
 		if (have == 0) {     /* said nothing at all: just close */
 			conn_free(c);
 			return;
@@ -1697,7 +1668,7 @@ static void conn_timer(evutil_socket_t fd, short what, void *arg)
 			struct timeval tv = { (time_t)((c->act_ms - idle) / 1000),
 				(suseconds_t)((c->act_ms - idle) % 1000 * 1000) };
 			c->tkind = T_ACTIVITY;
-			evtimer_add(c->timer, &tv);
+			evtimer_add(&c->timer, &tv);
 			return;
 		}
 		if (c->state == CS_PROXY && !c->res_head_done && !c->req_done) {
@@ -1712,7 +1683,16 @@ static void conn_timer(evutil_socket_t fd, short what, void *arg)
 	case T_NONE:
 		break;
 	}
-	(void)ps;
+}
+
+static void conn_timer(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	struct conn *c = arg;
+	struct worker *w = c->w;
+	conn_timer_fire(c);
+	worker_flush(w);
 }
 
 /* Worker entry points ------------------------------------------------------ */
@@ -1720,7 +1700,6 @@ static void conn_timer(evutil_socket_t fd, short what, void *arg)
 void conn_accept(struct worker *w, int fd, const struct sockaddr *sa, int salen, bool tls)
 {
 	struct conn *c = NULL;
-	struct bufferevent *bev = NULL;
 	SSL *ssl = NULL;
 	(void)salen;
 	worker_refresh_snapshot(w);
@@ -1737,29 +1716,22 @@ void conn_accept(struct worker *w, int fd, const struct sockaddr *sa, int salen,
 		snprintf(c->ip, sizeof(c->ip), "unknown");
 	if (tls) {
 		SSL_CTX *ctx = w->snap ? w->snap->tls_ctx : NULL;
-		if (!ctx || !(ssl = SSL_new(ctx)))
+		if (!ctx || !(ssl = SSL_new(ctx)) || io_init_tls(&c->io, w, fd, ssl) < 0)
 			goto fail;
-		bev = bufferevent_openssl_socket_new(w->base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
-			BEV_OPT_CLOSE_ON_FREE);
-		if (!bev)
-			goto fail;
-		ssl = NULL;
-		bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
-	} else if (!(bev = bufferevent_socket_new(w->base, fd, BEV_OPT_CLOSE_ON_FREE))) {
+	} else if (io_init_plain(&c->io, w, fd, false) < 0) {
 		goto fail;
 	}
-	fd = -1;                     /* owned by bev */
-	if (!(c->timer = evtimer_new(w->base, conn_timer, c)))
-		goto fail;
+	ssl = NULL;
+	fd = -1;                     /* owned by c->io */
+	evtimer_assign(&c->timer, w->base, conn_timer, c);
 	c->w = w;
-	c->bev = bev;
 	c->tls = tls;
 	c->state = CS_HEAD;
 	snprintf(c->rid, sizeof(c->rid), "-");
 	size_t rhigh = ps->max_header_bytes + 4096 > LOW_WATER ? (size_t)ps->max_header_bytes + 4096 : LOW_WATER;
-	bufferevent_setwatermark(bev, EV_READ, 0, rhigh);
-	bufferevent_setwatermark(bev, EV_WRITE, LOW_WATER, 0);
-	bufferevent_setcb(bev, client_read, client_write, client_event, c);
+	io_setcb(&c->io, client_read, client_write, client_event, c);
+	io_set_read_high(&c->io, rhigh);
+	io_set_write_low(&c->io, LOW_WATER);
 	c->next = w->conns;
 	if (w->conns)
 		w->conns->prev = c;
@@ -1767,17 +1739,13 @@ void conn_accept(struct worker *w, int fd, const struct sockaddr *sa, int salen,
 	STAT_ADD(w, connections, 1);
 	STAT_ADD(w, connections_total, 1);
 	timer_set(c, T_HEADER, ps->client_header_timeout_ms);
-	bufferevent_enable(bev, EV_READ | EV_WRITE);
+	io_read_on(&c->io, true);
 	return;
 fail:
 	if (ssl)
 		SSL_free(ssl);
-	if (bev)
-		bufferevent_free(bev);
 	if (fd >= 0)
 		close(fd);
-	if (c && c->timer)
-		event_free(c->timer);
 	free(c);
 	worker_conn_closed(w);
 }
@@ -1795,8 +1763,8 @@ static void conn_free(struct conn *c)
 		w->conns = c->next;
 	if (c->next)
 		c->next->prev = c->prev;
-	event_free(c->timer);
-	bufferevent_free(c->bev);
+	event_del(&c->timer);
+	io_close(&c->io);
 	free(c);
 	STAT_ADD(w, connections, -1);
 	worker_conn_closed(w);
@@ -1847,6 +1815,7 @@ void conn_on_snapshot(struct worker *w)
 		if (req)
 			conn_request(c, req);
 	}
+	worker_flush(w);
 }
 
 void conn_tick(struct worker *w)
@@ -1863,6 +1832,7 @@ void conn_tick(struct worker *w)
 		else if (c->state == CS_PROXY)
 			conn_linger(c);
 	}
+	worker_flush(w);
 }
 
 void conn_close_idle(struct worker *w)
@@ -1871,9 +1841,10 @@ void conn_close_idle(struct worker *w)
 	for (; c; c = next) {
 		next = c->next;
 		if (c->state == CS_HEAD && !c->req_active &&
-		    evbuffer_get_length(bufferevent_get_input(c->bev)) == 0)
+		    evbuffer_get_length(io_in(&c->io)) == 0)
 			conn_free(c);
 	}
+	worker_flush(w);
 }
 
 void conn_free_all(struct worker *w)

@@ -12,6 +12,7 @@
 #include <sys/socket.h>
 
 #include <event2/event.h>
+#include <event2/event_struct.h>
 #include <event2/listener.h>
 
 #include "http.h"
@@ -40,6 +41,51 @@ struct listener_slot {
 
 struct conn;
 struct upstream;
+struct io;
+
+/* io — one socket with an input and an output evbuffer (proxy/io.c).
+ * Plain TCP uses raw events: read(2) straight into the input buffer (no
+ * FIONREAD), and writes are speculative: whatever is added to the output
+ * is written at the end of the current callback (worker_flush), EV_WRITE
+ * is armed only when the kernel would block. TLS delegates to a
+ * bufferevent_openssl. Callbacks receive BEV_EVENT_* flags. */
+typedef void (*io_cb)(struct io *io, void *arg);
+typedef void (*io_event_cb)(struct io *io, short what, void *arg);
+
+struct io {
+	struct worker *w;
+	int fd;
+	struct bufferevent *bev;         /* TLS, else NULL */
+	struct event rev, wev;
+	struct evbuffer *in, *out;
+	io_cb readcb, writecb;
+	io_event_cb eventcb;
+	void *arg;
+	size_t rd_high, wr_low;
+	bool rd_on, rd_added, wr_added, connecting, eof, dirty, open;
+	struct io *dnext, *dprev;        /* worker->dirty */
+};
+
+/* Plain socket (fd nonblocking; `connecting`: a connect is in progress and
+ * CONNECTED or ERROR is reported). 0 / -1 (fd not closed on failure). */
+int io_init_plain(struct io *io, struct worker *w, int fd, bool connecting);
+/* TLS server side on fd with ssl (both owned by io on success). */
+int io_init_tls(struct io *io, struct worker *w, int fd, void *ssl);
+void io_setcb(struct io *io, io_cb r, io_cb wr, io_event_cb ev, void *arg);
+void io_read_on(struct io *io, bool on);
+void io_set_read_high(struct io *io, size_t high);   /* 0 = unlimited */
+void io_set_write_low(struct io *io, size_t low);
+static inline struct evbuffer *io_in(struct io *io) { return io->in; }
+static inline struct evbuffer *io_out(struct io *io) { return io->out; }
+/* Re-arm reading if it was paused at the high watermark. */
+void io_read_update(struct io *io);
+void io_shutdown_wr(struct io *io);
+/* Try to write what is queued now (no callbacks). */
+void io_flush_now(struct io *io);
+/* Close the socket and free the buffers; the struct itself is the caller's. */
+void io_close(struct io *io);
+/* Write every dirty io of the worker; call at the end of each callback. */
+void worker_flush(struct worker *w);
 
 /* Idle keep-alive upstream connections to one backend (by backend id). */
 struct pool {
@@ -65,6 +111,7 @@ struct worker {
 	uint64_t gen;
 	struct conn *conns;              /* every client connection */
 	struct conn *held;               /* requests waiting for a live instance */
+	struct io *dirty;                /* ios with output to write */
 	struct pool *pools;
 	size_t n_pools, cap_pools;
 	struct wstats st;
