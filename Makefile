@@ -52,7 +52,7 @@ unit_deps = $(addprefix $(BUILD)/,$(addsuffix .o,$(basename $(shell sed -n 's|^/
 .SECONDEXPANSION:
 $(BUILD)/tests/unit/%: tests/unit/%.c $$(call unit_deps,$$*)
 	@mkdir -p $(dir $@)
-	$(CC) $(CPPFLAGS) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS) $(shell pkg-config --libs cmocka)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(LDFLAGS) -o $@ $(filter %.c %.o,$^) $(LDLIBS) $(shell pkg-config --libs cmocka)
 
 unit: $(UNIT_BINS)
 	@bash tests/run-unit.sh $(UNIT_BINS)
