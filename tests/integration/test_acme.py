@@ -10,7 +10,6 @@ the shared one does not have."""
 import json
 import os
 import shutil
-import socket
 import ssl
 import subprocess
 import time
@@ -20,6 +19,7 @@ import uuid
 import pytest
 
 import pmdtest
+from test_tls import served_cert, tls_connect
 
 
 def s_client_verify(port, servername, root):
@@ -28,15 +28,6 @@ def s_client_verify(port, servername, root):
                         "-CAfile", str(root), "-verify_hostname", servername],
                        input=b"", capture_output=True, timeout=10)
     return (p.stdout + p.stderr).decode("utf-8", "replace")
-
-
-def served_cert(port, servername):
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
-        with ctx.wrap_socket(raw, server_hostname=servername) as s:
-            return s.getpeercert(binary_form=True)
 
 
 def fetch_root(mgmt, ca, dest):
@@ -206,11 +197,7 @@ def test_short_certificate_renews_with_connection_open(pmd_factory, own_pebble, 
     p = acme_pmd(pmd_factory, env, doms)
     first = wait_issued(p)
     der1 = served_cert(p.https_port, doms[0])
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    held = ctx.wrap_socket(socket.create_connection(("127.0.0.1", p.https_port), timeout=5),
-                           server_hostname=doms[0])
+    held = tls_connect(p.https_port, doms[0])
     held.sendall(f"GET /a HTTP/1.1\r\nHost: {doms[0]}\r\n\r\n".encode())
     assert held.recv(4096).startswith(b"HTTP/1.1 ")
     # 20 s lifetime: due with half of it left, ~10 s after issuance

@@ -1,13 +1,11 @@
 """TLS termination: self-signed and files modes, protocol policy (TLS 1.1
 refused, 1.2 and 1.3 accepted, ALPN http/1.1), ticket resumption, and a
 files-mode certificate replaced on SIGHUP without a restart."""
-import os
+import http.client
 import re
-import signal
+import socket
 import ssl
 import subprocess
-
-import pytest
 
 import pmdtest
 
@@ -20,15 +18,23 @@ def s_client(port, *args, servername="localhost", stdin=b"", timeout=10):
     return (p.stdout + p.stderr).decode("utf-8", "replace")
 
 
-def served_cert(port, servername="localhost"):
-    """The leaf certificate the server presents (DER)."""
+def unverified_ctx():
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
-    import socket
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
-        with ctx.wrap_socket(raw, server_hostname=servername) as s:
-            return s.getpeercert(binary_form=True)
+    return ctx
+
+
+def tls_connect(port, servername="localhost"):
+    """A TLS connection to 127.0.0.1:port that accepts any certificate."""
+    raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+    return unverified_ctx().wrap_socket(raw, server_hostname=servername)
+
+
+def served_cert(port, servername="localhost"):
+    """The leaf certificate the server presents (DER)."""
+    with tls_connect(port, servername) as s:
+        return s.getpeercert(binary_form=True)
 
 
 def tls_pmd(pmd_factory, tls, **kw):
@@ -74,11 +80,7 @@ def test_self_signed_policy(pmd_factory):
     assert st["domains"] == ["localhost", "127.0.0.1"]
     assert st["not_after"] and st["issuer"] == "CN=localhost"
     # requests work over TLS
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    import http.client
-    c = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=5)
+    c = http.client.HTTPSConnection("127.0.0.1", port, context=unverified_ctx(), timeout=5)
     c.request("GET", "/nothing-here")
     r = c.getresponse()
     r.read()
@@ -105,12 +107,7 @@ def test_files_mode_and_reload(pmd_factory, tmp_path):
     assert p.status()["tls"]["mode"] == "files"
     # a renewed certificate written in place is served after SIGHUP, without
     # restarting pmd; a connection opened before keeps working
-    import socket
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    raw = socket.create_connection(("127.0.0.1", p.https_port), timeout=5)
-    held = ctx.wrap_socket(raw, server_hostname="files.test")
+    held = tls_connect(p.https_port, "files.test")
     _, _, der2 = make_cert(tmp_path, "one")
     assert der2 != der1
     pid = p.proc.pid
