@@ -252,6 +252,7 @@ class AriFront:
         import http.server
         import threading
         self.window = None
+        self.profiles = None
         self.ari_ids = []
         self.orders = []
         self.port = pmdtest.free_port()
@@ -300,6 +301,8 @@ class AriFront:
                 if self.path == "/dir":
                     d = json.loads(data)
                     d["renewalInfo"] = f"{base}/renewal-info"
+                    if front.profiles:
+                        d["meta"]["profiles"] = front.profiles
                     data = json.dumps(d).encode()
                 self.reply(status, data, headers)
 
@@ -373,5 +376,25 @@ def test_ari_window_and_replaces(pmd_factory, own_pebble):
         pmdtest.wait_for(lambda: p.log_text().count("acme certificate issued") == 2, 20,
                          what="renewed certificate")
         assert ari_cert_id(f"{p.state_dir}/certs/fullchain.pem") != cert_id
+    finally:
+        front.close()
+
+
+def test_profile_checked_and_sent(pmd_factory, own_pebble):
+    peb = own_pebble()
+    front = AriFront(peb)
+    try:
+        front.profiles = {"classic": "90 days", "shortlived": "6 days"}
+        env = dict(peb.env_vars(), PMD_TEST_PEBBLE_DIR=front.url)
+        p = acme_pmd(pmd_factory, env, names(), extra_tls={"acme_profile": "shortlived"})
+        wait_issued(p)
+        assert front.orders[0]["profile"] == "shortlived"
+        p.stop()
+        # a profile the server does not list: no order, the reason in /status
+        q = acme_pmd(pmd_factory, env, names(), name="other", extra_tls={"acme_profile": "tlsserver"})
+        err = pmdtest.wait_for(lambda: q.status()["tls"]["last_error"], 10, what="profile error")
+        assert "acme_profile tlsserver is not offered" in err and "shortlived" in err, err
+        assert len(front.orders) == 1
+        assert q.status()["tls"]["temporary"] is True
     finally:
         front.close()
