@@ -644,7 +644,16 @@ static int set_value(const struct key *k, void *obj, const char *val, char *err,
 	case T_STR: {
 		if (k->check && !k->check(val))
 			goto bad_check;
-		char *dup = strdup(val);
+		char *dup = NULL;
+		if (k->check == chk_path && val[0] != '/') {
+			/* relative [pmd] paths are resolved against the folder pmd
+			 * starts in, once, so a later chdir cannot move them */
+			char cwd[4096];
+			if (!getcwd(cwd, sizeof(cwd)) || asprintf(&dup, "%s/%s", cwd, val) < 0)
+				dup = NULL;
+		} else {
+			dup = strdup(val);
+		}
 		if (!dup)
 			return SET_OOM;
 		free(*(char **)field);

@@ -186,11 +186,14 @@ static int cmd_run(const char *path)
 	if (d->cfg->tls_mode != TLS_OFF && !(d->tls = tlsmgr_new(d, &err)))
 		goto fail;
 	pmd_republish(d); /* routes and statics; services hold until healthy */
+	/* The control socket next: a second pmd on the same socket stops here,
+	 * before it serves anything. Requests reach it only from the loop,
+	 * when every module exists. */
+	if (!(d->control = control_new(d, &err)))
+		goto fail;
 	if (proxy_start(d->proxy, &err) < 0)
 		goto fail;
 	if (!(d->sup = supervisor_new(d->base, d->httpc, d->cfg, on_supervisor_changed, d, &err)))
-		goto fail;
-	if (!(d->control = control_new(d, &err)))
 		goto fail;
 	if (supervisor_start(d->sup, &err) < 0)
 		goto fail;
