@@ -144,3 +144,31 @@ out:
 	}
 	return ret;
 }
+
+int fs_mkdirs(const char *path, mode_t mode, char **errp)
+{
+	char buf[PATH_MAX];
+	if (snprintf(buf, sizeof(buf), "%s", path) >= (int)sizeof(buf)) {
+		set_err(errp, "mkdir", path, ENAMETOOLONG);
+		return -1;
+	}
+	for (char *p = buf + 1;; p++) {
+		if (*p != '/' && *p != '\0')
+			continue;
+		char c = *p;
+		*p = '\0';
+		struct stat sb;
+		if (mkdir(buf, mode) < 0 && errno != EEXIST) {
+			set_err(errp, "mkdir", buf, errno);
+			return -1;
+		}
+		if (stat(buf, &sb) < 0 || !S_ISDIR(sb.st_mode)) {
+			set_err(errp, "mkdir", buf, errno ? errno : ENOTDIR);
+			return -1;
+		}
+		*p = c;
+		if (!c)
+			break;
+	}
+	return 0;
+}

@@ -16,6 +16,7 @@
 #include "config.h"
 #include "control.h"
 #include "daemon.h"
+#include "fsutil.h"
 #include "httpc.h"
 #include "log.h"
 #include "proxy.h"
@@ -180,6 +181,8 @@ static int cmd_run(const char *path)
 		log_error("cannot initialise the HTTP client");
 		goto out;
 	}
+	if (fs_mkdirs(d->cfg->state_dir, 0700, &err) < 0)
+		goto fail;
 	/* Bind before anything else so a busy port fails fast. */
 	if (!(d->proxy = proxy_new(d->cfg, &err)))
 		goto fail;

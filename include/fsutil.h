@@ -21,4 +21,9 @@ int fs_write_atomic(const char *path, const void *data, size_t len, mode_t mode,
  * when too large) so callers can tell a missing file apart. */
 char *fs_read_file(const char *path, size_t max, size_t *lenp, char **errp);
 
+/* mkdir -p: every missing folder of path is made with mode (existing ones
+ * are left as they are). 0, or -1 with *errp ("mkdir /x/y: Permission
+ * denied"). */
+int fs_mkdirs(const char *path, mode_t mode, char **errp);
+
 #endif
