@@ -162,8 +162,12 @@ int fs_mkdirs(const char *path, mode_t mode, char **errp)
 			set_err(errp, "mkdir", buf, errno);
 			return -1;
 		}
-		if (stat(buf, &sb) < 0 || !S_ISDIR(sb.st_mode)) {
-			set_err(errp, "mkdir", buf, errno ? errno : ENOTDIR);
+		if (stat(buf, &sb) < 0) {
+			set_err(errp, "mkdir", buf, errno);
+			return -1;
+		}
+		if (!S_ISDIR(sb.st_mode)) {
+			set_err(errp, "mkdir", buf, ENOTDIR);
 			return -1;
 		}
 		*p = c;
