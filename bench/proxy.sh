@@ -22,6 +22,7 @@ for t in wrk nginx haproxy python3; do command -v $t >/dev/null || { echo "missi
 [ -x "$PMD" ] || make -s
 
 T=$(mktemp -d /tmp/pmd-bench.XXXXXX)
+chmod 755 "$T" # nginx workers (www-data) read the files
 PIDS=()
 cleanup() {
 	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -54,7 +55,7 @@ NGX
 cat > "$T/haproxy.cfg" <<HAP
 global
   nbthread 2
-  maxconn 20000
+  maxconn 8000
 defaults
   mode http
   timeout connect 5s
