@@ -157,6 +157,24 @@ def _children(pid):
     return found
 
 
+def _in_dir(path):
+    """PIDs of live processes whose working directory is path or below."""
+    path = os.path.realpath(path)
+    found = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            cwd = os.readlink(f"/proc/{d}/cwd")
+        except OSError:
+            continue
+        if cwd.endswith(" (deleted)"):
+            cwd = cwd[:-len(" (deleted)")]
+        if (cwd == path or cwd.startswith(path + "/")) and _alive(int(d)):
+            found.append(int(d))
+    return found
+
+
 def _alive(pid):
     """True if pid exists and is not a zombie."""
     try:
@@ -193,6 +211,7 @@ class Pmd:
         self.proc = None
         self._log = None
         self._children = set()
+        self._sampler = None
         if config_text is None:
             merged = {
                 "pmd": {
@@ -224,9 +243,18 @@ class Pmd:
                                      stdin=subprocess.DEVNULL, stdout=self._log,
                                      stderr=subprocess.STDOUT, env=self.env,
                                      cwd=self.cwd)
+        # Remember every descendant while pmd runs: one that is orphaned
+        # before stop() (a wrapper shell exited, say) is still pmd's.
+        self._sampler = threading.Thread(target=self._sample, args=(self.proc,), daemon=True)
+        self._sampler.start()
         if wait:
             self.wait_ready(timeout)
         return self
+
+    def _sample(self, proc):
+        while proc.poll() is None:
+            self._children.update(_children(proc.pid))
+            time.sleep(0.2)
 
     def wait_ready(self, timeout=20.0):
         def ready():
@@ -269,6 +297,9 @@ class Pmd:
                 self.proc.wait(10)
         rc = self.proc.returncode
         self._log.close()
+        self._sampler.join(5)
+        if self.cwd.startswith(str(self.dir)):
+            self._children.update(_in_dir(self.cwd))
         left = []
         deadline = time.monotonic() + 15
         while True:
@@ -295,6 +326,7 @@ class Pmd:
         self.proc.kill()
         self.proc.wait(10)
         self._log.close()
+        self._sampler.join(5)
         self.proc = None
 
     def children(self):
