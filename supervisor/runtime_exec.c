@@ -78,6 +78,21 @@ static char *substitute_image(const char *command, const char *image)
 	return out;
 }
 
+/* The shell line of a command: ${IMAGE} substituted, and a simple
+ * command (no ; & | ( ) or newline) run as `exec COMMAND`, so that the
+ * instance's pid is the program itself and PR_SET_PDEATHSIG reaches it. */
+static char *shell_line(const char *command, const char *image)
+{
+	char *sub = substitute_image(command, image), *out = NULL;
+
+	if (sub == NULL || strpbrk(sub, ";&|()\n") != NULL || strncmp(sub, "exec ", 5) == 0)
+		return sub;
+	if (asprintf(&out, "exec %s", sub) < 0)
+		out = NULL;
+	free(sub);
+	return out;
+}
+
 /* One complete line of output: into the ring and pmd's log. */
 static void emit_line(struct exec_priv *p, const char *line, size_t len)
 {
@@ -298,7 +313,7 @@ static int launch(struct event_base *base, struct rt_instance *inst, const char 
 	char *cmd = NULL;
 	int rc = -1;
 
-	if (p == NULL || (cmd = substitute_image(command, inst->image)) == NULL) {
+	if (p == NULL || (cmd = shell_line(command, inst->image)) == NULL) {
 		snprintf(err, errsize, "out of memory");
 		goto out;
 	}

@@ -347,29 +347,30 @@ static void cand_gone(void *arg, struct instance *inst)
 	struct swap *w = arg;
 
 	(void)inst;
-	w->stops_pending--;
-	maybe_finish_abort(w);
+	if (--w->stops_pending == 0)
+		swap_end(w, false);
 }
 
-/* Abort: once no runtime callback is outstanding and every candidate is
- * removed, report. */
+/* Abort: once no runtime callback is outstanding, remove every candidate;
+ * report when the last is gone. stops_pending holds one count while stops
+ * are issued (a stop may complete at once). */
 static void maybe_finish_abort(struct swap *w)
 {
+	for (size_t i = 0; i < w->n; i++)
+		if (w->items[i].busy)
+			return;
+	w->stops_pending++;
 	for (size_t i = 0; i < w->n; i++) {
 		struct swap_item *it = &w->items[i];
+		struct instance *c = it->cand;
 
-		if (it->busy)
-			return;
-		if (it->cand != NULL) {
-			struct instance *c = it->cand;
-
-			it->cand = NULL;
-			w->stops_pending++;
-			inst_stop(c, cand_gone, w);
-		}
+		if (c == NULL)
+			continue;
+		it->cand = NULL;
+		w->stops_pending++;
+		inst_stop(c, cand_gone, w);
 	}
-	if (w->stops_pending == 0)
-		swap_end(w, false);
+	cand_gone(w, NULL);
 }
 
 static void swap_fail(struct swap *w, struct swap_item *it, const char *error,
