@@ -1,0 +1,238 @@
+"""The supervisor with the exec runtime: restarts with backoff, crash loops,
+unhealthy instances replaced (gated), required_env, swaps, rollback and
+state.json — against the real pmd, apps in python3's standard library."""
+import json
+import os
+import signal
+import threading
+import time
+
+import pmdtest
+
+APP = r'''
+import http.server, os, sys
+port = int(os.environ["PORT"])
+tag = sys.argv[1] if len(sys.argv) > 1 else ""
+bad_flag = os.environ.get("BAD_FLAG", "")
+if tag == "crash":
+    print("boom: cannot connect to the database", flush=True)
+    sys.exit(3)
+
+seen_health = []
+
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        if self.path == "/health" and not seen_health:
+            seen_health.append(1)
+            print(f"health check host={self.headers.get('Host')}", flush=True)
+        bad = tag == "sick" or (bad_flag and os.path.exists(bad_flag))
+        code = 500 if bad else 200
+        body = json.dumps({"tag": tag, "pid": os.getpid(),
+                           "host": self.headers.get("Host")}).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+
+import json
+print(f"app {tag} listening on {port}", flush=True)
+http.server.HTTPServer(("127.0.0.1", port), H).serve_forever()
+'''
+
+
+def app_sections(tmp_path, **over):
+    app = tmp_path / "app.py"
+    app.write_text(APP)
+    svc = {
+        "runtime": "exec",
+        "image": "v1",
+        "command": f"{pmdtest.PYTHON} {app} ${{IMAGE}}",
+        "env": f"BAD_FLAG={tmp_path / 'bad'}",
+        "health_path": "/health",
+        "health_host": "app.test",
+        "health_interval": "200ms",
+        "health_timeout": "1s",
+        "healthy_threshold": 2,
+        "unhealthy_threshold": 2,
+        "start_timeout": "10s",
+        "drain_timeout": "2s",
+        "stop_timeout": "2s",
+    }
+    svc.update(over)
+    return {"service app": svc, "route all": {"prefix": "/", "service": "app"}}
+
+
+def live_pid(p):
+    inst = [i for i in p.service("app")["instances"] if i.get("healthy")]
+    assert len(inst) == 1, inst
+    return int(inst[0]["id"].split("-", 1)[1])
+
+
+def test_serves_restarts_after_kill_and_counts(pmd_factory, tmp_path):
+    p = pmd_factory(app_sections(tmp_path))
+    svc = p.wait_healthy("app")
+    assert svc["state"] == "running"
+    assert svc["image"] == "v1"
+    inst = svc["instances"][0]
+    assert inst["color"] == "blue" and inst["port"] > 0 and inst["restarts"] == 0
+    r = p.get("/x")
+    assert r.status == 200, r
+    assert r.json()["tag"] == "v1"
+    # the health checks carried health_host; the app's output reached pmd's log
+    p.wait_log(r'msg="app output" service=app color=blue line="app v1 listening')
+    p.wait_log(r'msg="app output" service=app color=blue line="health check host=app.test"')
+
+    old = live_pid(p)
+    os.kill(old, signal.SIGKILL)
+    pmdtest.wait_for(lambda: p.service("app")["restarts"] == 1, 10, what="restart counted")
+    svc = p.wait_healthy("app")
+    assert live_pid(p) != old
+    assert svc["last_exit_code"] == 137
+    assert svc["instances"][0]["restarts"] == 1
+    assert p.get("/x").status == 200
+    p.wait_log(r'msg="service state" service=app from=running to=restarting')
+
+
+def test_crash_loop_with_backoff_and_logs(pmd_factory, tmp_path):
+    p = pmd_factory(app_sections(tmp_path, image="crash"))
+    svc = pmdtest.wait_for(lambda: (lambda s: s if s["state"] == "crashloop" else None)(
+        p.service("app")), 10, interval=0.1, what="crashloop")
+    assert svc["last_exit_code"] == 3
+    assert "boom: cannot connect to the database" in svc["last_logs"]
+    assert "exited with code 3" in svc["error"]
+    # backoff 1s, 2s, 4s: three restarts take at least 1+2 s between them
+    t0 = time.monotonic()
+    pmdtest.wait_for(lambda: p.service("app")["restarts"] >= 3, 15, interval=0.1,
+                     what="three restarts")
+    log = p.log_text()
+    assert 'msg="restart scheduled" service=app in_ms=1000' in log
+    assert 'msg="restart scheduled" service=app in_ms=2000' in log
+    assert 'msg="restart scheduled" service=app in_ms=4000' in log
+    assert time.monotonic() - t0 > 2.0
+    # no live instance: requests are held, then refused (503), never sent anywhere
+    r = p.get("/x", timeout=30)
+    assert r.status == 503, r
+
+
+def test_unhealthy_instance_is_replaced(pmd_factory, tmp_path):
+    p = pmd_factory(app_sections(tmp_path, unhealthy_restart="1s"))
+    p.wait_healthy("app")
+    old = live_pid(p)
+    bad = tmp_path / "bad"
+    bad.write_text("")
+    pmdtest.wait_for(lambda: p.service("app")["state"] in ("unhealthy", "swapping"), 10,
+                     interval=0.1, what="unhealthy")
+    p.wait_log(r'msg="instance unhealthy too long, replacing" service=app', 10)
+    p.wait_log(r'msg="swap started" service=app kind=restart', 5)
+    bad.unlink()   # the fresh instance (and the old) pass again
+    pmdtest.wait_for(lambda: (lambda s: s["state"] == "running" and s["color"] == "green"
+                              and len(s["instances"]) == 1)(p.service("app")), 20,
+                     interval=0.1, what="replacement live")
+    assert live_pid(p) != old
+    assert p.service("app")["last_swap"]["kind"] == "restart"
+    assert p.get("/x").status == 200
+
+
+def test_missing_required_env_is_refused(pmd_factory, tmp_path):
+    p = pmd_factory(app_sections(tmp_path, required_env="DATABASE_URL, SECRET_KEY",
+                                 env=["SECRET_KEY=s3cret"]))
+    svc = pmdtest.wait_for(lambda: (lambda s: s if s["state"] == "failed" else None)(
+        p.service("app")), 10, interval=0.1, what="failed")
+    assert "DATABASE_URL" in svc["error"]
+    assert "SECRET_KEY" not in svc["error"]
+    assert svc["instances"] == []
+    assert not p.children()
+
+
+def test_swap_rollback_and_failed_swaps(pmd_factory, tmp_path):
+    p = pmd_factory(app_sections(tmp_path, start_timeout="3s"))
+    p.wait_healthy("app")
+
+    st, events = p.control_stream("POST", "/services/app/swap", {"image": "v2"})
+    assert st == 200, events
+    kinds = [e.get("event") for e in events]
+    assert kinds.index("start") < kinds.index("health") < kinds.index("switch") \
+        < kinds.index("drain") < kinds.index("done"), kinds
+    assert events[-1]["ok"] is True, events[-1]
+    assert p.get("/x").json()["tag"] == "v2"
+    svc = p.service("app")
+    assert svc["image"] == "v2" and svc["previous_image"] == "v1" and svc["color"] == "green"
+
+    # a candidate that exits at once: live untouched, logs returned
+    st, events = p.control_stream("POST", "/services/app/swap", {"image": "crash"})
+    res = events[-1]
+    assert res["ok"] is False
+    assert "exited with code 3" in res["error"]
+    assert "boom: cannot connect to the database" in res["logs"]
+    assert p.get("/x").json()["tag"] == "v2"
+
+    # a candidate that never gets healthy: the gate times out
+    st, events = p.control_stream("POST", "/services/app/swap", {"image": "sick"})
+    res = events[-1]
+    assert res["ok"] is False and "not healthy within 3000ms" in res["error"], res
+    assert "HTTP 500" in res["error"]
+    svc = p.service("app")
+    assert svc["image"] == "v2" and len(svc["instances"]) == 1
+    assert svc["last_swap"]["result"] == "failed"
+
+    st, events = p.control_stream("POST", "/services/app/rollback")
+    assert events[-1]["ok"] is True, events
+    assert p.get("/x").json()["tag"] == "v1"
+    assert p.service("app")["previous_image"] == "v2"
+
+    state = json.loads((tmp_path / "pmd0" / "state" / "state.json").read_text())
+    app = state["services"]["app"]
+    assert app["image"] == "v1" and app["previous_images"][0] == "v2"
+    assert [h["result"] for h in app["history"]] == ["ok", "failed", "failed", "ok"]
+
+
+def test_state_survives_restart_and_corrupt_state(pmd_factory, tmp_path):
+    sections = app_sections(tmp_path)
+    p = pmd_factory(sections)
+    p.wait_healthy("app")
+    st, events = p.control_stream("POST", "/services/app/swap", {"image": "v2"})
+    assert events[-1]["ok"] is True, events
+    p.stop()
+
+    p2 = pmd_factory(sections, start=False, name="pmd0")
+    p2.start()
+    p2.wait_healthy("app")
+    assert p2.get("/x").json()["tag"] == "v2"   # the swapped image, from state.json
+    p2.stop()
+
+    (tmp_path / "pmd0" / "state" / "state.json").write_text("{not json")
+    p3 = pmd_factory(sections, start=False, name="pmd0")
+    p3.start()
+    p3.wait_healthy("app")
+    p3.wait_log(r'msg="state file unusable, rebuilding it from what runs"')
+    assert p3.get("/x").json()["tag"] == "v1"
+    pmdtest.wait_for(lambda: json.loads((tmp_path / "pmd0" / "state" / "state.json")
+                                        .read_text())["services"]["app"]["image"] == "v1",
+                     5, what="state rewritten")
+
+
+def test_concurrent_swap_conflicts(pmd_factory, tmp_path):
+    p = pmd_factory(app_sections(tmp_path, start_timeout="3s"))
+    p.wait_healthy("app")
+    out = {}
+    t = threading.Thread(target=lambda: out.setdefault(
+        "first", p.control_stream("POST", "/services/app/swap", {"image": "sick"})))
+    t.start()
+    pmdtest.wait_for(lambda: p.service("app")["state"] == "swapping", 5, interval=0.02,
+                     what="swapping")
+    r = p.control("POST", "/services/app/swap", {"image": "v2"})
+    assert r.status == 409, r
+    t.join(30)
+    assert out["first"][1][-1]["ok"] is False
+
+
+def test_stop_leaves_no_process(pmd_factory, tmp_path):
+    p = pmd_factory(app_sections(tmp_path))
+    p.wait_healthy("app")
+    kid = live_pid(p)
+    assert kid in p.children()
+    assert p.stop() == 0          # Pmd.stop checks no descendant is left
+    assert not pmdtest._alive(kid)
