@@ -161,8 +161,8 @@ static int head_get(const char *head, const char *name, char *buf, size_t cap)
 	const char *p = head, *q;
 	size_t nlen = strlen(name);
 	/* the last head starts at the last status line */
-	while ((q = strstr(p + 1, "\nHTTP/")))
-		p = q;
+	while ((q = strstr(p, "\nHTTP/")))
+		p = q + 1;
 	for (const char *line = p; line && *line; line = strchr(line, '\n')) {
 		if (*line == '\n')
 			line++;
@@ -483,6 +483,7 @@ static void on_renewal_info(struct acme *a, const struct resp *r)
 	if (r->status != 200 || !s || !e || acme_parse_time(s, &start) < 0 || acme_parse_time(e, &end) < 0) {
 		/* ARI is advisory: fall back to the lifetime rule */
 		log_warn("acme renewal info unusable, using the lifetime rule status=%ld", r->status);
+		a->ari_pick = 0;
 		a->ari_start = a->ari_end = 0;
 		if (now >= a->renew_at)
 			enter(a, AS_ORDER);
@@ -853,7 +854,6 @@ static void dispatch(struct acme *a, const struct resp *r)
 	switch (a->state) {
 	case AS_DIRECTORY:    on_directory(a, r); break;
 	case AS_ACCOUNT:      on_account(a, r); break;
-	case AS_RENEWAL_INFO: on_renewal_info(a, r); break;
 	case AS_ORDER:        on_order(a, r); break;
 	case AS_AUTHZ:        on_authz(a, r); break;
 	case AS_CHALLENGE:    on_challenge(a, r); break;
@@ -861,6 +861,7 @@ static void dispatch(struct acme *a, const struct resp *r)
 	case AS_POLL_ORDER:   on_poll_order(a, r); break;
 	case AS_FINALIZE:     order_next(a, r->json); break;
 	case AS_CERT:         on_cert(a, r); break;
+	case AS_RENEWAL_INFO: /* answered in on_http, whatever the status */
 	case AS_IDLE:
 	case AS_BACKOFF:      break;
 	}
@@ -873,6 +874,17 @@ static void on_http(void *arg, const struct httpc_response *res)
 		.head = res->headers ? res->headers : "", .retry_after = -1 };
 	a->req = NULL;
 	keep_nonce(a, r.head);
+	if (a->state == AS_RENEWAL_INFO) {
+		/* ARI is advisory: any answer, or none, is handled there */
+		if (res->curl_code == 0 && r.body && r.body_len && r.body[0] == '{')
+			r.json = cJSON_ParseWithLength(r.body, r.body_len);
+		if (res->curl_code != 0)
+			r.status = 0;
+		r.retry_after = retry_after(r.head);
+		on_renewal_info(a, &r);
+		cJSON_Delete(r.json);
+		return;
+	}
 	if (res->curl_code != 0 || res->status == 0) {
 		fail(a, "connection", res->error ? res->error : "no response", -1);
 		return;

@@ -290,6 +290,9 @@ class AriFront:
                 self.reply(*self.forward())
 
             def do_GET(self):
+                if self.path.startswith("/renewal-info/") and not front.window:
+                    self.reply(404, b"{}", [("Content-Type", "application/problem+json")])
+                    return
                 if self.path.startswith("/renewal-info/"):
                     front.ari_ids.append(self.path[len("/renewal-info/"):])
                     fmt = lambda t: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
@@ -343,7 +346,8 @@ def ari_cert_id(pem_path):
 
 
 def test_ari_window_and_replaces(pmd_factory, own_pebble):
-    peb = own_pebble()
+    # no nonce rejections: each order is recorded once
+    peb = own_pebble(env={"PEBBLE_WFE_NONCEREJECT": "0"})
     front = AriFront(peb)
     try:
         env = dict(peb.env_vars(), PMD_TEST_PEBBLE_DIR=front.url)
@@ -376,12 +380,19 @@ def test_ari_window_and_replaces(pmd_factory, own_pebble):
         pmdtest.wait_for(lambda: p.log_text().count("acme certificate issued") == 2, 20,
                          what="renewed certificate")
         assert ari_cert_id(f"{p.state_dir}/certs/fullchain.pem") != cert_id
+        # renewalInfo failing (404) is not an ACME failure: lifetime rule
+        front.window = None
+        mark = len(p.log_text())
+        p.reload()
+        p.wait_log(r"acme renewal info unusable, using the lifetime rule\" status=404", 10)
+        assert p.status()["tls"]["last_error"] is None
+        assert "acme failed" not in p.log_text()[mark:]
     finally:
         front.close()
 
 
 def test_profile_checked_and_sent(pmd_factory, own_pebble):
-    peb = own_pebble()
+    peb = own_pebble(env={"PEBBLE_WFE_NONCEREJECT": "0"})
     front = AriFront(peb)
     try:
         front.profiles = {"classic": "90 days", "shortlived": "6 days"}
