@@ -253,6 +253,7 @@ class AriFront:
         import threading
         self.window = None
         self.profiles = None
+        self.order_error = None   # (status, problem type, Retry-After)
         self.ari_ids = []
         self.orders = []
         self.port = pmdtest.free_port()
@@ -314,6 +315,13 @@ class AriFront:
                 if self.path == "/order-plz":
                     payload = json.loads(body)["payload"]
                     front.orders.append(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))))
+                    if front.order_error:
+                        status, ptype, ra = front.order_error
+                        problem = json.dumps({"type": f"urn:ietf:params:acme:error:{ptype}",
+                                              "detail": "too many certificates (test)"}).encode()
+                        self.reply(status, problem, [("Content-Type", "application/problem+json"),
+                                                     ("Retry-After", str(ra))])
+                        return
                 self.reply(*self.forward(body))
 
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), H)
@@ -407,5 +415,25 @@ def test_profile_checked_and_sent(pmd_factory, own_pebble):
         assert "acme_profile tlsserver is not offered" in err and "shortlived" in err, err
         assert len(front.orders) == 1
         assert q.status()["tls"]["temporary"] is True
+    finally:
+        front.close()
+
+
+def test_rate_limited_honours_retry_after(pmd_factory, own_pebble):
+    peb = own_pebble(env={"PEBBLE_WFE_NONCEREJECT": "0"})
+    front = AriFront(peb)
+    try:
+        front.order_error = (429, "rateLimited", 7200)
+        env = dict(peb.env_vars(), PMD_TEST_PEBBLE_DIR=front.url)
+        p = acme_pmd(pmd_factory, env, names())
+        p.wait_log(r"acme failed\" state=order type=\"rateLimited\"", 10)
+        tls = p.status()["tls"]
+        assert tls["last_error"].startswith("rateLimited: HTTP 429: too many certificates"), tls
+        assert tls["temporary"] is True
+        retry = time.mktime(time.strptime(tls["next_renewal"], "%Y-%m-%dT%H:%M:%SZ"))
+        delay = retry - time.mktime(time.gmtime())
+        # Retry-After (2 h) wins over the first backoff step (1 min)
+        assert 7190 <= delay <= 7210, tls
+        assert len(front.orders) == 1
     finally:
         front.close()
