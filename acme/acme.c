@@ -337,7 +337,7 @@ static int account_load(struct acme *a, char **errp)
 	cJSON *o = NULL;
 	int rc = -1;
 	snprintf(dir, sizeof(dir), "%s/acme", a->c.state_dir);
-	if (account_paths(a, kpath, jpath, sizeof(kpath)) < 0 || certstore_mkdirs(dir, 0700, errp) < 0)
+	if (account_paths(a, kpath, jpath, sizeof(kpath)) < 0 || fs_mkdirs(dir, 0700, errp) < 0)
 		goto out;
 	if ((pem = fs_read_file(kpath, 65536, &len, NULL))) {
 		if (!(a->account_key = certstore_key_parse(pem, len))) {

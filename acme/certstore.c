@@ -283,29 +283,6 @@ struct cert_bundle *certstore_load(const char *state_dir, char **errp)
 	return certstore_load_files(cf, kf, errp);
 }
 
-int certstore_mkdirs(const char *path, mode_t mode, char **errp)
-{
-	char buf[PATH_MAX];
-	if (snprintf(buf, sizeof(buf), "%s", path) >= (int)sizeof(buf)) {
-		set_errf(errp, "mkdir %s: path too long", path);
-		return -1;
-	}
-	for (char *p = buf + 1;; p++) {
-		if (*p != '/' && *p != '\0')
-			continue;
-		char c = *p;
-		*p = '\0';
-		if (mkdir(buf, mode) < 0 && errno != EEXIST) {
-			set_errf(errp, "mkdir %s: %s", buf, strerror(errno));
-			return -1;
-		}
-		*p = c;
-		if (!c)
-			break;
-	}
-	return 0;
-}
-
 int certstore_save(const char *state_dir, const char *chain_pem, size_t len,
 	EVP_PKEY *key, char **errp)
 {
@@ -314,7 +291,7 @@ int certstore_save(const char *state_dir, const char *chain_pem, size_t len,
 	char *kpem = NULL;
 	int rc = -1;
 	snprintf(dir, sizeof(dir), "%s/certs", state_dir);
-	if (certstore_mkdirs(dir, 0700, errp) < 0)
+	if (fs_mkdirs(dir, 0700, errp) < 0)
 		goto out;
 	if (!(kpem = certstore_key_pem(key, &klen))) {
 		set_errf(errp, "%s: cannot encode the private key", dir);
