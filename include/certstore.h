@@ -67,4 +67,9 @@ char *certstore_ari_id(const struct cert_bundle *b);
 char *certstore_ari_id_raw(const unsigned char *aki, size_t aki_len,
 	const unsigned char *serial, size_t serial_len);
 
+/* PKCS#8 PEM of a private key, malloc'd (length in *lenp), or NULL. */
+char *certstore_key_pem(EVP_PKEY *key, size_t *lenp);
+/* A private key from PEM text; NULL if none. */
+EVP_PKEY *certstore_key_parse(const char *pem, size_t len);
+
 #endif
