@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# `make check`: unit tests, then integration tests with their peers (dockerd,
-# registry, pebble) started by tests/services.sh and stopped at the end.
+# `make check`: the test peers (dockerd, registry, pebble) started by
+# tests/services.sh, unit tests, integration tests, the peers stopped.
 # Arguments: the unit test binaries. PMD_BUILD: the build folder to test
 # (build, or build/san for `make check SANITIZE=1`).
 # PMD_TEST_SERVICES=none runs the integration tests without peers (those
@@ -32,8 +32,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 	make -C "$repo" --no-print-directory -k "${missing[@]#"$repo"/}" || true
 fi
 
-PMD_COUNTS=$tmp/unit.counts bash "$here/run-unit.sh" "$@"
-
+# The peers first: some unit tests talk to the test dockerd too.
 if [ "${PMD_TEST_SERVICES:-}" != none ]; then
 	if bash "$here/services.sh" start "$svc"; then
 		# shellcheck disable=SC1091
@@ -43,6 +42,8 @@ if [ "${PMD_TEST_SERVICES:-}" != none ]; then
 		errors=$((errors + 1))
 	fi
 fi
+
+PMD_COUNTS=$tmp/unit.counts bash "$here/run-unit.sh" "$@"
 if [ "$errors" -eq 0 ]; then
 	PMD_COUNTS=$tmp/integration.counts bash "$here/run-integration.sh"
 fi

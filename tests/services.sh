@@ -13,6 +13,7 @@
 #   PMD_TEST_REGISTRY_AUTH_FILE  docker config.json with that login (registry_auth_file)
 #   PMD_TEST_IMAGE_BACKEND, PMD_TEST_IMAGE_BACKEND_V2, PMD_TEST_IMAGE_BACKEND_BROKEN,
 #   PMD_TEST_IMAGE_FRONTEND      images pushed to that registry (tests/images/build.sh)
+#   PMD_TEST_DOCKER_IMAGE        a local-only busybox image in the test dockerd
 #   PMD_TEST_PEBBLE_DIR          ACME directory URL of Pebble
 #   PMD_TEST_PEBBLE_CA           CA file that verifies Pebble's own HTTPS (acme_ca_file)
 #   PMD_TEST_PEBBLE_MGMT         Pebble's management URL (/roots/0 = issuing root)

@@ -3,7 +3,9 @@
 # registry. Needs DOCKER_HOST (our dockerd), DOCKER_CONFIG (registry login)
 # and PMD_TEST_REGISTRY. Prints `export NAME=IMAGE` lines on stdout.
 #
-#   frontend   busybox-static httpd serving /www on 127.0.0.1:$PORT
+#   frontend   busybox-static httpd serving /www on 127.0.0.1:$PORT (every
+#              busybox applet on PATH); also tagged pmdtest-busybox:1 locally
+#              only (PMD_TEST_DOCKER_IMAGE)
 #   backend    Debian's python3 + gunicorn running app.py on 127.0.0.1:$PORT;
 #              :1 (APP_VERSION=1), :2 (APP_VERSION=2), :broken (health 503)
 #
@@ -36,7 +38,10 @@ skeleton() {
 	ln -s usr/lib "$root/lib"
 	ln -s usr/lib64 "$root/lib64"
 	cp /bin/busybox "$root/usr/bin/busybox"
-	ln -s busybox "$root/usr/bin/sh"
+	local a
+	for a in $(/bin/busybox --list); do
+		[ -e "$root/usr/bin/$a" ] || ln -s busybox "$root/usr/bin/$a"
+	done
 }
 
 # ---- frontend -------------------------------------------------------------
@@ -84,12 +89,17 @@ docker import -c 'ENV PORT=8000' -c 'ENV APP_VERSION=2' -c "$cmd" \
 docker import -c 'ENV PORT=8000' -c 'ENV APP_VERSION=broken' -c 'ENV APP_HEALTHY=0' -c "$cmd" \
 	"$work/backend.tar" "$reg/backend:broken" >/dev/null
 
+# A local-only busybox image (never pushed: no pull needed) for the docker
+# runtime's live unit test.
+docker tag "$reg/frontend:1" pmdtest-busybox:1
+
 # Push, then drop the local copies so that pmd's pulls go to the registry.
 for img in frontend:1 backend:1 backend:2 backend:broken; do
 	docker push -q "$reg/$img" >/dev/null
 	docker rmi "$reg/$img" >/dev/null
 done
 
+echo "export PMD_TEST_DOCKER_IMAGE=pmdtest-busybox:1"
 echo "export PMD_TEST_IMAGE_FRONTEND=$reg/frontend:1"
 echo "export PMD_TEST_IMAGE_BACKEND=$reg/backend:1"
 echo "export PMD_TEST_IMAGE_BACKEND_V2=$reg/backend:2"
