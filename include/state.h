@@ -57,6 +57,8 @@ void state_remove_previous(struct state_service *ss, const char *image);
 void state_record_swap(struct state_service *ss, const struct state_swap *sw);
 
 struct cJSON *state_to_json(const struct state *st);
+/* One swap record as in state.json and /status. */
+struct cJSON *state_swap_to_json(const struct state_swap *sw);
 /* NULL with *errp ("services.backend.image: expected a string")
  * when the document does not have the expected shape. */
 struct state *state_from_json(const struct cJSON *doc, char **errp);

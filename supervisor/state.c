@@ -84,7 +84,7 @@ void state_record_swap(struct state_service *ss, const struct state_swap *sw)
 	ss->history[0] = *sw;
 }
 
-static cJSON *swap_to_json(const struct state_swap *sw)
+cJSON *state_swap_to_json(const struct state_swap *sw)
 {
 	cJSON *o = cJSON_CreateObject();
 
@@ -116,9 +116,9 @@ cJSON *state_to_json(const struct state *st)
 		for (size_t j = 0; j < ss->n_previous; j++)
 			cJSON_AddItemToArray(prev, cJSON_CreateString(ss->previous[j]));
 		if (ss->has_last_swap)
-			cJSON_AddItemToObject(o, "last_swap", swap_to_json(&ss->last_swap));
+			cJSON_AddItemToObject(o, "last_swap", state_swap_to_json(&ss->last_swap));
 		for (size_t j = 0; j < ss->n_history; j++)
-			cJSON_AddItemToArray(hist, swap_to_json(&ss->history[j]));
+			cJSON_AddItemToArray(hist, state_swap_to_json(&ss->history[j]));
 	}
 	return doc;
 }

@@ -302,10 +302,11 @@ static void inst_stopped(void *arg, int ok, const char *err)
 		log_info("instance removed service=%s color=%s id=%s", svc->name, inst->rt->color,
 			inst->rt->id);
 	inst_free(inst);
-	if (fn != NULL)
-		fn(fn_arg, inst);
 	if (svc->restart_due)
 		svc_try_restart(svc);
+	/* Last: a removed service is freed by its last instance's fn. */
+	if (fn != NULL)
+		fn(fn_arg, inst);
 }
 
 void inst_stop(struct instance *inst, inst_gone_fn fn, void *arg)
@@ -1030,20 +1031,6 @@ static const char *inst_health_name(const struct instance *in)
 	return health_state_name(health_state(in->health));
 }
 
-static cJSON *swap_json(const struct state_swap *sw)
-{
-	cJSON *o = cJSON_CreateObject();
-
-	cJSON_AddStringToObject(o, "kind", sw->kind);
-	cJSON_AddStringToObject(o, "image", sw->image);
-	cJSON_AddStringToObject(o, "result", sw->result);
-	cJSON_AddNumberToObject(o, "started_at", (double)sw->started_at);
-	cJSON_AddNumberToObject(o, "duration_ms", (double)sw->duration_ms);
-	if (sw->error[0] != '\0')
-		cJSON_AddStringToObject(o, "error", sw->error);
-	return o;
-}
-
 static cJSON *service_json(struct supervisor *s, struct service *svc)
 {
 	struct state_service *ss = state_service(s->state, svc->name, false);
@@ -1092,12 +1079,12 @@ static cJSON *service_json(struct supervisor *s, struct service *svc)
 			cJSON_AddItemToArray(ll, cJSON_CreateString(logring_line(svc->last_logs, k)));
 	}
 	if (ss != NULL && ss->has_last_swap)
-		cJSON_AddItemToObject(o, "last_swap", swap_json(&ss->last_swap));
+		cJSON_AddItemToObject(o, "last_swap", state_swap_to_json(&ss->last_swap));
 	else
 		cJSON_AddNullToObject(o, "last_swap");
 	hist = cJSON_AddArrayToObject(o, "history");
 	for (size_t k = 0; ss != NULL && k < ss->n_history; k++)
-		cJSON_AddItemToArray(hist, swap_json(&ss->history[k]));
+		cJSON_AddItemToArray(hist, state_swap_to_json(&ss->history[k]));
 	return o;
 }
 
