@@ -236,3 +236,30 @@ def test_stop_leaves_no_process(pmd_factory, tmp_path):
     assert kid in p.children()
     assert p.stop() == 0          # Pmd.stop checks no descendant is left
     assert not pmdtest._alive(kid)
+
+
+def test_unit_swap_of_two_services_all_or_none(pmd_factory, tmp_path):
+    sections = app_sections(tmp_path, start_timeout="3s")
+    web = dict(sections["service app"])
+    sections["service web"] = web
+    sections["route web"] = {"prefix": "/web/", "service": "web"}
+    p = pmd_factory(sections)
+    p.wait_healthy("app")
+    p.wait_healthy("web")
+
+    # one candidate crashes: neither service moves
+    st, events = p.control_stream("POST", "/swap", {"services": {"app": "v2", "web": "crash"}})
+    assert events[-1]["ok"] is False, events[-1]
+    assert "web: candidate exited with code 3" in events[-1]["error"]
+    assert not any(e.get("event") == "switch" for e in events)
+    assert p.get("/x").json()["tag"] == "v1"
+    assert p.get("/web/x").json()["tag"] == "v1"
+    assert p.service("app")["instances"][0]["image"] == "v1"
+
+    # both healthy: one switch event per service, both live afterwards
+    st, events = p.control_stream("POST", "/swap", {"services": {"app": "v2", "web": "v2"}})
+    assert events[-1]["ok"] is True, events[-1]
+    switches = [e["service"] for e in events if e.get("event") == "switch"]
+    assert sorted(switches) == ["app", "web"]
+    assert p.get("/x").json()["tag"] == "v2"
+    assert p.get("/web/x").json()["tag"] == "v2"
