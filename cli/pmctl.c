@@ -604,7 +604,9 @@ static void describe_event(const cJSON *ev, char *out, size_t len)
 		else
 			OUT(": running `%s`", jstr(ev, "command", "release_command"));
 	} else if (strcmp(name, "start") == 0) {
-		OUT(" %s candidate %s", jstr(ev, "color", "?"), jstr(ev, "image", ""));
+		OUT(" %s candidate", jstr(ev, "color", "?"));
+		if (jstr(ev, "image", NULL))
+			OUT(" %s", jstr(ev, "image", ""));
 		if (jstr(ev, "addr", NULL))
 			OUT(" at %s", jstr(ev, "addr", ""));
 	} else if (strcmp(name, "health") == 0) {
@@ -957,7 +959,7 @@ static int cmd_reload(int argc, char **argv)
 		if (!r)
 			return usage_error("reload", "unexpected argument '%s'", argv[i]);
 	}
-	int rc = simple_request("POST", "/reload", NULL, "reload", &raw, &doc);
+	int rc = simple_request("POST", "/reload", NULL, "reload failed", &raw, &doc);
 	if (rc)
 		return rc;
 	if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(doc, "ok"))) {

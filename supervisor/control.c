@@ -863,9 +863,16 @@ static void conn_read_cb(struct bufferevent *bev, void *arg)
 static void conn_write_cb(struct bufferevent *bev, void *arg)
 {
 	struct conn *c = arg;
+	char sink[16384];
 
-	if (c->state == CONN_CLOSING && evbuffer_get_length(bufferevent_get_output(bev)) == 0)
-		conn_free(c);
+	if (c->state != CONN_CLOSING || evbuffer_get_length(bufferevent_get_output(bev)) > 0)
+		return;
+	/* Closing a unix socket with unread bytes makes the peer's next read
+	 * fail with ECONNRESET instead of seeing the end of our answer; take
+	 * what the peer already sent (bounded) first. */
+	for (int i = 0; i < 64 && read(bufferevent_getfd(bev), sink, sizeof(sink)) > 0; i++)
+		;
+	conn_free(c);
 }
 
 static void conn_event_cb(struct bufferevent *bev, short what, void *arg)

@@ -11,6 +11,7 @@
 #include "daemon.h"
 #include "proxy.h"
 #include "supervisor.h"
+#include "tls.h"
 
 static void family(struct evbuffer *out, const char *name, const char *type, const char *help)
 {
@@ -56,6 +57,8 @@ void metrics_render(struct pmd *d, struct evbuffer *out)
 		(long long)(now > d->started ? now - d->started : 0));
 	if (d->proxy)
 		proxy_metrics(d->proxy, out);
+	if (d->tls)
+		tlsmgr_metrics(d->tls, out);
 	if (d->sup)
 		supervisor_metrics(d->sup, out);
 }
