@@ -74,11 +74,14 @@ static int cmd_check(const char *path)
 
 /* Run ---------------------------------------------------------------------- */
 
+enum stop_phase { STOP_NONE = 0, STOP_DRAIN, STOP_CHILDREN };
+
 struct runctx {
 	struct pmd d;
 	struct event *sigterm, *sigint, *sighup;
-	struct event *drain_timer, *watchdog;
-	struct timespec drain_deadline;
+	struct event *stop_timer, *watchdog;
+	enum stop_phase phase;
+	struct timespec deadline;
 };
 
 static long ms_until(const struct timespec *t)
@@ -88,21 +91,57 @@ static long ms_until(const struct timespec *t)
 	return (t->tv_sec - now.tv_sec) * 1000 + (t->tv_nsec - now.tv_nsec) / 1000000;
 }
 
-/* Graceful stop: poll the in-flight count every 50 ms until zero or the
- * drain deadline, then leave the loop. */
-static void on_drain_tick(evutil_socket_t fd, short what, void *arg)
+static void set_deadline(struct timespec *t, uint64_t ms)
+{
+	clock_gettime(CLOCK_MONOTONIC, t);
+	t->tv_sec += (time_t)(ms / 1000);
+	t->tv_nsec += (long)(ms % 1000) * 1000000;
+	if (t->tv_nsec >= 1000000000) {
+		t->tv_sec++;
+		t->tv_nsec -= 1000000000;
+	}
+}
+
+static uint64_t max_service_ms(const struct pmd_config *cfg, int drain)
+{
+	uint64_t ms = 0;
+	for (size_t i = 0; i < cfg->n_services; i++) {
+		uint64_t v = drain ? cfg->services[i].drain_timeout_ms : cfg->services[i].stop_timeout_ms;
+		if (v > ms)
+			ms = v;
+	}
+	return ms;
+}
+
+/* Graceful stop, a two-phase state machine driven by one 50 ms timer:
+ * STOP_DRAIN waits for in-flight requests (or the drain deadline), then the
+ * supervisor stops its processes and STOP_CHILDREN waits for them (or their
+ * stop_timeout); then the loop ends. Containers are left running. */
+static void on_stop_tick(evutil_socket_t fd, short what, void *arg)
 {
 	(void)fd;
 	(void)what;
 	struct runctx *rc = arg;
-	long inflight = proxy_inflight(rc->d.proxy);
-	if (inflight > 0 && ms_until(&rc->drain_deadline) > 0) {
-		struct timeval tv = { 0, 50000 };
-		evtimer_add(rc->drain_timer, &tv);
+	struct timeval tick = { 0, 50000 };
+	if (rc->phase == STOP_DRAIN) {
+		long inflight = proxy_inflight(rc->d.proxy);
+		if (inflight > 0 && ms_until(&rc->deadline) > 0) {
+			evtimer_add(rc->stop_timer, &tick);
+			return;
+		}
+		if (inflight > 0)
+			log_warn("drain timeout reached, closing in-flight requests inflight=%ld", inflight);
+		rc->phase = STOP_CHILDREN;
+		supervisor_shutdown(rc->d.sup);
+		set_deadline(&rc->deadline, max_service_ms(rc->d.cfg, 0) + 1000);
+	}
+	int pending = supervisor_pending(rc->d.sup);
+	if (pending > 0 && ms_until(&rc->deadline) > 0) {
+		evtimer_add(rc->stop_timer, &tick);
 		return;
 	}
-	if (inflight > 0)
-		log_warn("drain timeout reached, closing in-flight requests inflight=%ld", inflight);
+	if (pending > 0)
+		log_warn("processes did not stop in time pending=%d", pending);
 	event_base_loopexit(rc->d.base, NULL);
 }
 
@@ -117,21 +156,13 @@ static void on_stop_signal(evutil_socket_t sig, short what, void *arg)
 	}
 	rc->d.stopping = 1;
 	sdnotify("STOPPING=1");
-	uint64_t drain_ms = 30000;
-	for (size_t i = 0; i < rc->d.cfg->n_services; i++)
-		if (i == 0 || rc->d.cfg->services[i].drain_timeout_ms > drain_ms)
-			drain_ms = rc->d.cfg->services[i].drain_timeout_ms;
+	uint64_t drain_ms = rc->d.cfg->n_services ? max_service_ms(rc->d.cfg, 1) : 30000;
 	log_info("stopping: no new connections, finishing in-flight requests signal=%d drain_timeout_ms=%llu",
 		(int)sig, (unsigned long long)drain_ms);
 	proxy_stop_accepting(rc->d.proxy);
-	clock_gettime(CLOCK_MONOTONIC, &rc->drain_deadline);
-	rc->drain_deadline.tv_sec += (time_t)(drain_ms / 1000);
-	rc->drain_deadline.tv_nsec += (long)(drain_ms % 1000) * 1000000;
-	if (rc->drain_deadline.tv_nsec >= 1000000000) {
-		rc->drain_deadline.tv_sec++;
-		rc->drain_deadline.tv_nsec -= 1000000000;
-	}
-	on_drain_tick(-1, 0, rc);
+	rc->phase = STOP_DRAIN;
+	set_deadline(&rc->deadline, drain_ms);
+	on_stop_tick(-1, 0, rc);
 }
 
 static void on_hup(evutil_socket_t sig, short what, void *arg)
@@ -205,8 +236,8 @@ static int cmd_run(const char *path)
 	rc.sigterm = evsignal_new(d->base, SIGTERM, on_stop_signal, &rc);
 	rc.sigint = evsignal_new(d->base, SIGINT, on_stop_signal, &rc);
 	rc.sighup = evsignal_new(d->base, SIGHUP, on_hup, &rc);
-	rc.drain_timer = evtimer_new(d->base, on_drain_tick, &rc);
-	if (!rc.sigterm || !rc.sigint || !rc.sighup || !rc.drain_timer ||
+	rc.stop_timer = evtimer_new(d->base, on_stop_tick, &rc);
+	if (!rc.sigterm || !rc.sigint || !rc.sighup || !rc.stop_timer ||
 	    evsignal_add(rc.sigterm, NULL) || evsignal_add(rc.sigint, NULL) || evsignal_add(rc.sighup, NULL)) {
 		log_error("cannot install signal handlers");
 		goto out;
@@ -243,8 +274,8 @@ out:
 		event_free(rc.sigint);
 	if (rc.sighup)
 		event_free(rc.sighup);
-	if (rc.drain_timer)
-		event_free(rc.drain_timer);
+	if (rc.stop_timer)
+		event_free(rc.stop_timer);
 	if (rc.watchdog)
 		event_free(rc.watchdog);
 	if (d->base)

@@ -32,6 +32,9 @@ int supervisor_reload(struct supervisor *s, const struct pmd_config *cfg, char *
 /* pmd stops: stop timers and health checks; instances keep running (they
  * are adopted at the next start), exec children are stopped. */
 void supervisor_shutdown(struct supervisor *s);
+/* After supervisor_shutdown: processes still being stopped (the loop must
+ * keep running until this is 0 or their stop_timeout has passed). */
+int supervisor_pending(const struct supervisor *s);
 void supervisor_free(struct supervisor *s);   /* NULL ok */
 
 /* Fill snap->services (config order, names copied, live backends ref'd). */

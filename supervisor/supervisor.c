@@ -975,6 +975,16 @@ void supervisor_shutdown(struct supervisor *s)
 	}
 }
 
+int supervisor_pending(const struct supervisor *s)
+{
+	int n = 0;
+	for (size_t i = 0; s && i < s->n; i++)
+		for (const struct instance *in = s->svcs[i]->instances; in; in = in->next)
+			if (s->svcs[i]->ops == &runtime_exec_ops && in->started && !in->exited)
+				n++;
+	return n;
+}
+
 void supervisor_free(struct supervisor *s)
 {
 	if (s == NULL)
