@@ -997,8 +997,9 @@ static int run_ssh(void)
 	for (char *tok, *save = NULL, *s = copy; (tok = strtok_r(s, " \t", &save)); s = NULL) {
 		for (const char *p = tok; *p; p++)
 			if (!isalnum((unsigned char)*p) && !strchr("._:/@+=,-", *p)) {
+				char bad = *p;
 				free(copy);
-				return usage_error(NULL, "--ssh: character '%c' not allowed in arguments", *p);
+				return usage_error(NULL, "--ssh: character '%c' not allowed in arguments", bad);
 			}
 		if (n == (int)(sizeof(words) / sizeof(words[0])) - 1) {
 			free(copy);
