@@ -530,6 +530,13 @@ static const struct key *find_key(enum skind s, const char *name)
 
 #define KEY_INDEX(k) ((size_t)((k) - keys))
 
+void config_keys_dump(FILE *f)
+{
+	for (size_t i = 0; i < N_KEYS; i++)
+		fprintf(f, "%s\t%s\t%s\n", skind_names[keys[i].sect], keys[i].name,
+			keys[i].def ? keys[i].def : "");
+}
+
 /* ---- applying one value -------------------------------------------------- */
 
 /* `s` with quotes, backslashes and control bytes escaped, cut at 60 bytes

@@ -3,14 +3,18 @@
 
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <event2/event.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "fsutil.h"
+#include "httpc.h"
 #include "log.h"
 #include "proxy.h"
 #include "snapshot.h"
@@ -224,6 +228,153 @@ out:
 	return rc;
 }
 
+/* ---- free disk space ------------------------------------------------------ */
+
+#define DISK_CHECK_S 60
+#define DISK_LOW_PERCENT 10
+#define DOCKER_INFO_TIMEOUT_MS 5000
+
+struct pmd_disk {
+	struct pmd *d;
+	struct event *timer;
+	struct httpc_req *info;     /* GET /info in flight, or NULL */
+	char *docker_root;          /* DockerRootDir once Docker told it */
+	bool low_state, low_docker; /* under DISK_LOW_PERCENT at the last check */
+};
+
+struct disk_use {
+	unsigned long long free, total; /* bytes available to pmd, size */
+};
+
+static int disk_use(const char *path, struct disk_use *u)
+{
+	struct statvfs sv;
+	if (statvfs(path, &sv) < 0 || sv.f_blocks == 0)
+		return -1;
+	u->free = (unsigned long long)sv.f_bavail * sv.f_frsize;
+	u->total = (unsigned long long)sv.f_blocks * sv.f_frsize;
+	return 0;
+}
+
+static double free_percent(const struct disk_use *u)
+{
+	return 100.0 * (double)u->free / (double)u->total;
+}
+
+/* Logs a warning when `path` falls under the threshold, and once when it
+ * is back above; *low remembers which side it was on. */
+static void disk_check_one(const char *what, const char *path, bool *low)
+{
+	struct disk_use u;
+	if (disk_use(path, &u) < 0)
+		return;
+	bool now_low = free_percent(&u) < DISK_LOW_PERCENT;
+	if (now_low && !*low)
+		log_warn("low disk space what=%s path=%s free_bytes=%llu total_bytes=%llu free_percent=%.1f",
+			what, log_q(path), u.free, u.total, free_percent(&u));
+	else if (!now_low && *low)
+		log_info("disk space back above %d%% what=%s path=%s free_percent=%.1f",
+			DISK_LOW_PERCENT, what, log_q(path), free_percent(&u));
+	*low = now_low;
+}
+
+static void on_docker_info(void *arg, const struct httpc_response *res)
+{
+	struct pmd_disk *dk = arg;
+	dk->info = NULL;
+	cJSON *doc = (res->status == 200 && res->body) ? cJSON_Parse(res->body) : NULL;
+	const cJSON *root = cJSON_GetObjectItemCaseSensitive(doc, "DockerRootDir");
+	if (cJSON_IsString(root) && root->valuestring[0] == '/') {
+		free(dk->docker_root);
+		dk->docker_root = strdup(root->valuestring);
+		if (dk->docker_root)
+			disk_check_one("docker_root", dk->docker_root, &dk->low_docker);
+	} else {
+		log_debug("docker data root unknown, asking again later status=%ld error=%s",
+			res->status, log_q(res->error ? res->error : "no DockerRootDir in /info"));
+	}
+	cJSON_Delete(doc);
+}
+
+static bool uses_docker(const struct pmd_config *cfg)
+{
+	for (size_t i = 0; i < cfg->n_services; i++)
+		if (cfg->services[i].runtime == RUNTIME_DOCKER)
+			return true;
+	return false;
+}
+
+static void on_disk_timer(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	struct pmd_disk *dk = arg;
+	const struct pmd_config *cfg = dk->d->cfg;
+	disk_check_one("state_dir", cfg->state_dir, &dk->low_state);
+	if (dk->docker_root) {
+		disk_check_one("docker_root", dk->docker_root, &dk->low_docker);
+	} else if (!dk->info && dk->d->httpc && uses_docker(cfg)) {
+		struct httpc_opts o = {
+			.url = "http://docker/info",
+			.unix_socket = cfg->docker_socket,
+			.timeout_ms = DOCKER_INFO_TIMEOUT_MS,
+			.on_done = on_docker_info,
+			.arg = dk,
+		};
+		char *err = NULL;
+		if (!(dk->info = httpc_request(dk->d->httpc, &o, &err)))
+			log_debug("docker /info not sent error=%s", log_q(err ? err : "unknown"));
+		free(err);
+	}
+}
+
+int pmd_disk_start(struct pmd *d)
+{
+	struct timeval every = { DISK_CHECK_S, 0 };
+	struct pmd_disk *dk = calloc(1, sizeof(*dk));
+	if (!dk)
+		return -1;
+	dk->d = d;
+	if (!(dk->timer = event_new(d->base, -1, EV_PERSIST, on_disk_timer, dk)) || evtimer_add(dk->timer, &every) < 0) {
+		if (dk->timer)
+			event_free(dk->timer);
+		free(dk);
+		return -1;
+	}
+	d->disk = dk;
+	on_disk_timer(-1, 0, dk);
+	return 0;
+}
+
+void pmd_disk_stop(struct pmd *d)
+{
+	struct pmd_disk *dk = d->disk;
+	if (!dk)
+		return;
+	if (dk->info)
+		httpc_cancel(dk->info);
+	event_free(dk->timer);
+	free(dk->docker_root);
+	free(dk);
+	d->disk = NULL;
+}
+
+/* {path, free_bytes, total_bytes, free_percent}, or null when path is
+ * unknown or cannot be looked at. */
+static cJSON *disk_json(const char *path)
+{
+	struct disk_use u;
+	if (!path || disk_use(path, &u) < 0)
+		return cJSON_CreateNull();
+	cJSON *o = cJSON_CreateObject();
+	cJSON_AddStringToObject(o, "path", path);
+	cJSON_AddNumberToObject(o, "free_bytes", (double)u.free);
+	cJSON_AddNumberToObject(o, "total_bytes", (double)u.total);
+	cJSON_AddNumberToObject(o, "free_percent", (double)(long long)(free_percent(&u) * 10) / 10);
+	cJSON_AddBoolToObject(o, "low", free_percent(&u) < DISK_LOW_PERCENT);
+	return o;
+}
+
 static const char *tls_mode_name(enum tls_mode m)
 {
 	static const char *names[] = { "acme", "files", "self-signed", "off" };
@@ -262,5 +413,8 @@ cJSON *pmd_status_json(struct pmd *d)
 	cJSON_AddNumberToObject(px, "held", (double)st.held);
 	cJSON_AddNumberToObject(px, "tls_handshakes", (double)st.tls_handshakes);
 	cJSON_AddNumberToObject(px, "workers", d->cfg->workers);
+	cJSON *disk = cJSON_AddObjectToObject(root, "disk");
+	cJSON_AddItemToObject(disk, "state_dir", disk_json(d->cfg->state_dir));
+	cJSON_AddItemToObject(disk, "docker_root", disk_json(d->disk ? d->disk->docker_root : NULL));
 	return root;
 }

@@ -232,6 +232,10 @@ static int cmd_run(const char *path)
 	if (supervisor_start(d->sup, &err) < 0)
 		goto fail;
 	pmd_republish(d);
+	if (pmd_disk_start(d) < 0) {
+		log_error("cannot start the disk space watch");
+		goto out;
+	}
 
 	rc.sigterm = evsignal_new(d->base, SIGTERM, on_stop_signal, &rc);
 	rc.sigint = evsignal_new(d->base, SIGINT, on_stop_signal, &rc);
@@ -262,6 +266,7 @@ out:
 	free(err);
 	if (d->sup)
 		supervisor_shutdown(d->sup);
+	pmd_disk_stop(d);
 	control_free(d->control);
 	proxy_free(d->proxy);
 	supervisor_free(d->sup);
@@ -295,6 +300,10 @@ int main(int argc, char **argv)
 	const char *path = DEFAULT_CONFIG;
 	if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0)
 		return cmd_version();
+	if (strcmp(cmd, "keys") == 0) { /* undocumented: the key table, for tests */
+		config_keys_dump(stdout);
+		return 0;
+	}
 	if (strcmp(cmd, "-h") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "help") == 0) {
 		usage(stdout);
 		return 0;

@@ -10,6 +10,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <sys/socket.h>
 
 /* A growable list of owned strings (repeatable and comma-separated keys). */
@@ -118,6 +119,10 @@ int config_load(const char *path, struct pmd_config **out, struct strlist *errs)
  * (tests, fuzzing). */
 int config_load_string(const char *name, const char *text, struct pmd_config **out, struct strlist *errs);
 void config_free(struct pmd_config *c);
+/* The key table, one "SECTION<TAB>KEY<TAB>DEFAULT" line per key (section
+ * without NAME: service, route, static; DEFAULT empty when there is none),
+ * so tests can hold pmd.ini(5) against it (`pmd keys`). */
+void config_keys_dump(FILE *f);
 
 const struct svc_conf *config_service(const struct pmd_config *c, const char *name);
 

@@ -15,6 +15,7 @@ struct proxy;
 struct control;
 struct tlsmgr;
 struct cJSON;
+struct pmd_disk;
 
 struct pmd {
 	struct event_base *base;
@@ -26,6 +27,7 @@ struct pmd {
 	struct tlsmgr *tls;          /* NULL when [tls] mode = off */
 	time_t started;
 	int stopping;
+	struct pmd_disk *disk;       /* free-space watch, see pmd_disk_start */
 };
 
 /* Build a snapshot from cfg + supervisor (+ TLS and ACME when present) and
@@ -35,6 +37,13 @@ void pmd_republish(struct pmd *d);
  * problems, one per line). Listener changes need a restart (said in errp
  * as a warning, not applied). */
 int pmd_reload(struct pmd *d, char **errp);
+/* Watch free space of state_dir and of Docker's data root (DockerRootDir
+ * of GET /info, asked for when a service runs on docker): checked now and
+ * every minute with statvfs, a warning logged when one falls under 10 %
+ * free, and shown in /status under "disk". Main thread. 0 or -1. */
+int pmd_disk_start(struct pmd *d);
+/* Stops the watch and cancels its Docker request; safe when not started. */
+void pmd_disk_stop(struct pmd *d);
 /* The /status document (caller frees). */
 struct cJSON *pmd_status_json(struct pmd *d);
 
