@@ -345,3 +345,57 @@ def test_forwarded_headers_request_id_and_hop_by_hop(pmd_factory):
         assert r.json()["headers"]["X-Request-Id"] == "abc-123"
         # and the request is in the access log with it
         p.wait_log(r"request_id=abc-123")
+
+
+def test_https_forwarding_hsts_and_redirect(pmd_factory):
+    import ssl
+    with pmdtest.BackendServer() as b:
+        https = pmdtest.free_port()
+        p = pmd_factory({"proxy": {"https_listen": f"127.0.0.1:{https}", "hsts": "max-age=60"},
+                         "tls": {"mode": "self-signed", "domains": "localhost"},
+                         "service web": svc(b.address),
+                         "route all": {"prefix": "/", "service": "web"}})
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+
+        def get_https():
+            raw = socket.create_connection(("127.0.0.1", https), timeout=5)
+            s = ctx.wrap_socket(raw, server_hostname="localhost")
+            s.sendall(b"GET /api/v1/echo HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            data = recv_all(s)
+            s.close()
+            return data
+        data = wait_for(lambda: (lambda d: d if d.startswith(b"HTTP/1.1 200") else None)(get_https()),
+                        timeout=15, what="https routing")
+        assert b"Strict-Transport-Security: max-age=60\r\n" in data
+        assert b'"X-Forwarded-Proto": "https"' in data
+        # plain HTTP is redirected, except ACME challenges (404 for an unknown token)
+        s = socket.create_connection(("127.0.0.1", p.http_port), timeout=5)
+        s.sendall(b"GET /a?b=1 HTTP/1.1\r\nHost: localhost:8080\r\nConnection: close\r\n\r\n")
+        data = recv_all(s)
+        s.close()
+        assert data.startswith(b"HTTP/1.1 308")
+        assert f"Location: https://localhost:{https}/a?b=1\r\n".encode() in data
+        assert b"Strict-Transport-Security" not in data
+        assert _get_status(p, "/.well-known/acme-challenge/unknown").startswith(b"HTTP/1.1 404")
+
+
+def test_sigterm_finishes_inflight_and_stops_accepting(pmd_factory):
+    import signal
+    with pmdtest.BackendServer() as b:
+        b.routes["/slow"] = lambda rec: (time.sleep(1.5), (200, {"done": True}))[1]
+        p = start_pmd(pmd_factory, [("all", "/", "web")], {"web": b.address})
+        wait_routed(p)
+        idle = socket.create_connection(("127.0.0.1", p.http_port))   # idle keep-alive
+        result = {}
+        t = threading.Thread(target=lambda: result.update(r=http_request(p.http_port, "/slow")))
+        t.start()
+        wait_for(lambda: any(r["path"] == "/slow" for r in b.requests), timeout=5, what="slow request")
+        p.signal(signal.SIGTERM)
+        idle.settimeout(5)
+        assert idle.recv(10) == b""                  # idle keep-alive connection closed
+        t.join(10)
+        assert result["r"].status == 200 and result["r"].json() == {"done": True}
+        p.proc.wait(10)
+        assert p.proc.returncode == 0
