@@ -66,6 +66,10 @@ check: all
 deps:
 	@bash tests/deps.sh
 
+# pmd in the foreground on conf/demo.ini (http://127.0.0.1:8080).
+demo: all
+	@PMD_BUILD=$(BUILD) bash examples/demo/run.sh
+
 fuzz:
 	@$(MAKE) -s -f tests/fuzz/fuzz.mk run
 
