@@ -28,6 +28,8 @@ enum { EX_OK = 0, EX_FAILED = 1, EX_USAGE = 2, EX_UNREACHABLE = CLIENT_EXIT_UNRE
 #define MAX_EVENT_LINE (1u << 20)
 
 static const char *socket_path;
+static bool ssh_mode;             /* --ssh: arguments checked by ssh_allowed */
+static int ssh_allowed(const char *service, const char *image);
 
 static void __attribute__((format(printf, 1, 2))) say_err(const char *fmt, ...)
 {
@@ -805,6 +807,9 @@ static int parse_swap_args(int argc, char **argv, const struct command *cmd, boo
 		for (int j = 0; j < i; j += 2)
 			if (strcmp(pos[i], pos[j]) == 0)
 				return usage_error(cmd->name, "service '%s' given twice", pos[i]);
+		int rc = ssh_mode ? ssh_allowed(pos[i], pairs ? pos[i + 1] : NULL) : EX_OK;
+		if (rc)
+			return rc;
 	}
 	return EX_OK;
 }
@@ -925,6 +930,9 @@ static int cmd_logs(int argc, char **argv)
 		return usage_error("logs", "expected a SERVICE");
 	if (!valid_service(svc))
 		return usage_error("logs", "'%s' is not a service name (letters, digits, . _ -)", svc);
+	int allowed = ssh_mode ? ssh_allowed(svc, NULL) : EX_OK;
+	if (allowed)
+		return allowed;
 
 	char target[256], err[512];
 	struct client c;
@@ -976,6 +984,58 @@ static int cmd_reload(int argc, char **argv)
 }
 
 /* --ssh ------------------------------------------------------------------ */
+
+/* Length of the repository part of an image reference: without
+ * "@digest" and without ":tag" (a colon after the last slash; one before it
+ * is a registry port). */
+static size_t image_repo_len(const char *ref)
+{
+	size_t n = strcspn(ref, "@");
+	const char *slash = memrchr(ref, '/', n);
+	const char *colon = memrchr(ref, ':', n);
+	return colon && (!slash || colon > slash) ? (size_t)(colon - ref) : n;
+}
+
+/* Under --ssh, `service` must be one pmd runs and `image` (NULL: no image
+ * given) a reference to the repository of the service's configured image,
+ * any tag or digest. pmd's /status tells both (fetched once). EX_OK, or the
+ * exit code after saying why not. */
+static int ssh_allowed(const char *service, const char *image)
+{
+	static cJSON *status;
+	char *raw = NULL;
+
+	if (!status) {
+		int rc = simple_request("GET", "/status", NULL, "--ssh: reading the services from pmd", &raw, &status);
+		free(raw);
+		if (rc)
+			return rc;
+	}
+	const cJSON *svcs = cJSON_GetObjectItemCaseSensitive(status, "services");
+	const cJSON *svc = cJSON_GetObjectItemCaseSensitive(svcs, service), *s;
+	if (!cJSON_IsObject(svc)) {
+		char names[512];
+		size_t o = 0;
+		names[0] = '\0';
+		cJSON_ArrayForEach(s, svcs)
+			if (s->string && o < sizeof(names))
+				o += (size_t)snprintf(names + o, sizeof(names) - o, "%s%s", o ? ", " : "", s->string);
+		return usage_error(NULL, "--ssh: unknown service '%s'; pmd runs: %s", service, o ? names : "none");
+	}
+	if (!image)
+		return EX_OK;
+	const char *conf = jstr(svc, "configured_image", "");
+	if (!*conf)
+		conf = jstr(svc, "image", "");
+	size_t n = image_repo_len(conf);
+	if (n == 0)
+		return usage_error(NULL, "--ssh: service '%s' has no configured image, so none may be swapped in over ssh",
+			service);
+	if (image_repo_len(image) != n || strncmp(image, conf, n) != 0)
+		return usage_error(NULL, "--ssh: image '%s' is not in the repository of service '%s' (%.*s); any tag of that repository is allowed",
+			image, service, (int)n, conf);
+	return EX_OK;
+}
 
 /* A forced command (authorized_keys command="pmctl --ssh"): run the
  * client's SSH_ORIGINAL_COMMAND if it is one of the allowed commands with
@@ -1059,8 +1119,10 @@ int main(int argc, char **argv)
 			return usage_error(NULL, "%s: expected a value", argv[i]);
 		return usage_error(NULL, "unknown option '%s'", argv[i]);
 	}
-	if (ssh)
+	if (ssh) {
+		ssh_mode = true;
 		return i < argc ? usage_error(NULL, "--ssh takes no command line arguments") : run_ssh();
+	}
 	if (i >= argc) {
 		print_global_help(stderr);
 		return EX_USAGE;

@@ -389,6 +389,13 @@ cJSON *pmd_status_json(struct pmd *d)
 	cJSON_AddNumberToObject(root, "pid", (double)getpid());
 	cJSON *svcs = d->sup ? supervisor_status_json(d->sup) : cJSON_CreateObject();
 	cJSON_AddItemToObject(root, "services", svcs);
+	/* the image in pmd.ini (`image` is the one swapped in): pmctl --ssh
+	 * allows swaps within its repository only */
+	for (size_t i = 0; i < d->cfg->n_services; i++) {
+		cJSON *so = cJSON_GetObjectItemCaseSensitive(svcs, d->cfg->services[i].name);
+		if (cJSON_IsObject(so))
+			cJSON_AddStringToObject(so, "configured_image", d->cfg->services[i].image);
+	}
 	cJSON *tls = d->tls ? tlsmgr_status_json(d->tls) : NULL;
 	if (!tls) {
 		tls = cJSON_CreateObject();
