@@ -207,6 +207,9 @@ static void old_gone(void *arg, struct instance *inst)
 	(void)inst;
 	if (--w->stops_pending > 0)
 		return;
+	/* only now: an image is kept while a container of it exists */
+	for (size_t i = 0; i < w->n; i++)
+		prune(&w->items[i]);
 	emit(w, progress_new("done", NULL));
 	swap_end(w, true);
 }
@@ -223,8 +226,6 @@ static void stop_old(struct swap *w)
 		w->stops_pending++;
 		inst_stop(it->old, old_gone, w);
 	}
-	for (size_t i = 0; i < w->n; i++)
-		prune(&w->items[i]);
 	old_gone(w, NULL);
 }
 
