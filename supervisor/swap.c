@@ -107,6 +107,7 @@ static void swap_fail(struct swap *w, struct swap_item *it, const char *error,
 	const struct logring *logs);
 static void item_next(struct swap_item *it);
 static void maybe_finish_abort(struct swap *w);
+static void prune(struct swap_item *it);
 
 /* Unlink from the supervisor, record, report, free. */
 static void swap_end(struct swap *w, bool ok)
@@ -148,6 +149,10 @@ static void swap_end(struct swap *w, bool ok)
 		svc_settle(svc);
 	}
 	sup_persist(s);
+	/* last (old instances gone, previous images recorded): an image is
+	 * kept while a container of it exists */
+	for (size_t i = 0; ok && i < w->n; i++)
+		prune(&w->items[i]);
 	cJSON_AddBoolToObject(res, "ok", ok);
 	if (!ok) {
 		cJSON *logs = cJSON_AddArrayToObject(res, "logs");
@@ -207,9 +212,6 @@ static void old_gone(void *arg, struct instance *inst)
 	(void)inst;
 	if (--w->stops_pending > 0)
 		return;
-	/* only now: an image is kept while a container of it exists */
-	for (size_t i = 0; i < w->n; i++)
-		prune(&w->items[i]);
 	emit(w, progress_new("done", NULL));
 	swap_end(w, true);
 }
