@@ -54,7 +54,8 @@ struct op {
 	char *body;                    /* create payload; pull: first line of the answer */
 	char *auth;                    /* X-Registry-Auth header line */
 	char *err;                     /* first error seen */
-	int retried, container_port, exit_code;
+	char *auth_file;               /* start: registry_auth_file, for a pull of a missing image */
+	int retried, pulled, container_port, exit_code;
 	enum net_mode network;
 	unsigned long timeout_ms;
 	/* pull */
@@ -302,6 +303,7 @@ static void op_free(struct op *op)
 		free(op->auth);
 	}
 	free(op->err);
+	free(op->auth_file);
 	free(op->line);
 	logring_free(op->out);
 	for (size_t i = 0; i < op->n_victims; i++)
@@ -732,6 +734,37 @@ static void stale_inspected(struct op *op, const struct httpc_response *res)
 static void start_called(struct op *op, const struct httpc_response *res);
 static void once_waited(struct op *op, const struct httpc_response *res);
 
+static void missing_progress(void *arg, const char *line)
+{
+	struct op *op = arg;
+
+	log_info("pulling a missing image name=%s image=%s progress=%s", op->name,
+		log_q(op->image), log_q(line));
+}
+
+static void missing_pulled(void *arg, int ok, const char *err)
+{
+	struct op *op = arg;
+
+	if (!ok) {
+		op_fail(op, "%s", err ? err : "pull failed");
+		return;
+	}
+	create_call(op);
+}
+
+/* The image of a container being started is not in the engine (first start
+ * on a new host, or pruned): pull it with the service's credentials, like
+ * `docker run` does, then create again. */
+static void pull_missing(struct op *op)
+{
+	struct svc_conf sc = { .pull = PULL_ALWAYS, .registry_auth_file = op->auth_file };
+
+	op->pulled = 1;
+	log_info("image not present, pulling it name=%s image=%s", op->name, log_q(op->image));
+	docker_pull(op->rt, &sc, op->image, missing_progress, missing_pulled, op);
+}
+
 static void created(struct op *op, const struct httpc_response *res)
 {
 	cJSON *j;
@@ -741,6 +774,10 @@ static void created(struct op *op, const struct httpc_response *res)
 		op->retried = 1;
 		snprintf(path, sizeof(path), "/containers/%s/json", op->name);
 		op_call(op, "GET", path, NULL, CALL_TIMEOUT_MS, NULL, stale_inspected);
+		return;
+	}
+	if (res->status == 404 && !res->error && op->kind == OP_START && !op->pulled) {
+		pull_missing(op);
 		return;
 	}
 	if (res->status == 404 && !res->error) {
@@ -884,6 +921,11 @@ static void docker_start(struct runtime_ctx *rt, const struct svc_conf *svc, str
 	snprintf(op->name, sizeof(op->name), "%s", inst->name);
 	snprintf(op->image, sizeof(op->image), "%s", inst->image);
 	snprintf(op->what, sizeof(op->what), "docker create %s", op->name);
+	if (svc->registry_auth_file && !(op->auth_file = strdup(svc->registry_auth_file))) {
+		op_free(op);
+		done(arg, 0, "out of memory");
+		return;
+	}
 	if (build_create(op, svc, inst->color, env, inst->host_port, &err) < 0) {
 		if (asprintf(&e2, "%s: %s", op->what, err ? err : "failed") < 0)
 			e2 = NULL;

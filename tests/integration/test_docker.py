@@ -1,0 +1,412 @@
+"""The supervisor with the Docker runtime against the real engine and
+registry started by tests/services.sh: pulls with credentials, start and
+route, restarts, crash loops, unhealthy replacement, required_env,
+adoption after kill -9, a corrupt state file, foreign containers,
+keep_images and a stale candidate.
+
+Every container runs with network = host and binds 127.0.0.1:$PORT (the
+test dockerd has no bridge). Images come from the test registry
+(tests/images/build.sh); the busybox frontend image doubles as a shell
+for ad-hoc apps (`command = sh -c '...'`)."""
+import base64
+import json
+import os
+import time
+
+import pytest
+
+import pmdtest
+from pmdtest import docker, wait_for
+
+NEEDED = ("PMD_TEST_DOCKER_SOCKET", "PMD_TEST_REGISTRY", "PMD_TEST_REGISTRY_AUTH_FILE",
+          "PMD_TEST_IMAGE_BACKEND", "PMD_TEST_IMAGE_BACKEND_V2", "PMD_TEST_IMAGE_FRONTEND",
+          "PMD_TEST_DOCKER_IMAGE")
+if not all(os.environ.get(n) for n in NEEDED):
+    pytest.skip("needs the test dockerd and registry (tests/services.sh)", allow_module_level=True)
+
+E = {n: os.environ[n] for n in NEEDED}
+BACKEND, BACKEND_V2 = E["PMD_TEST_IMAGE_BACKEND"], E["PMD_TEST_IMAGE_BACKEND_V2"]
+FRONTEND, BUSYBOX = E["PMD_TEST_IMAGE_FRONTEND"], E["PMD_TEST_DOCKER_IMAGE"]
+AUTH_FILE = E["PMD_TEST_REGISTRY_AUTH_FILE"]
+FOREIGN = ("pmdtest-foreign", "pm-clash-blue")
+
+# A busybox web app whose health is a file: remove /tmp/w/health (docker
+# exec) and its health checks fail.
+FLAG_APP = ("sh -c 'mkdir -p /tmp/w && echo ok > /tmp/w/health && "
+            "exec httpd -f -p 127.0.0.1:$PORT -h /tmp/w'")
+
+
+def pmd_containers(**labels):
+    """Containers with pmd.managed=true (and the given labels), running or not:
+    [{id, name, state, labels}]."""
+    args = ["ps", "-a", "--no-trunc", "--filter", "label=pmd.managed=true"]
+    for k, v in labels.items():
+        args += ["--filter", f"label=pmd.{k}={v}"]
+    out = docker(*args, "--format", "{{json .}}").stdout
+    res = []
+    for line in out.splitlines():
+        d = json.loads(line)
+        res.append({"id": d["ID"], "name": d["Names"], "state": d["State"],
+                    "labels": dict(kv.split("=", 1) for kv in d["Labels"].split(",") if kv)})
+    return res
+
+
+def inspect(name):
+    return json.loads(docker("inspect", name).stdout)[0]
+
+
+def image_present(ref):
+    return docker("image", "inspect", ref, check=False).returncode == 0
+
+
+def remove_all():
+    ids = docker("ps", "-aq", "--filter", "label=pmd.managed=true").stdout.split()
+    ids += [n for n in FOREIGN if docker("inspect", n, check=False).returncode == 0]
+    if ids:
+        docker("rm", "-f", *ids, check=False)
+
+
+@pytest.fixture(autouse=True)
+def clean_containers():
+    """No pmd container before a test; none left after it (pmd itself is
+    stopped first: this fixture is set up before pmd_factory)."""
+    remove_all()
+    yield
+    remove_all()
+
+
+def backend_conf(**over):
+    c = {
+        "runtime": "docker",
+        "image": BACKEND,
+        "network": "host",
+        "registry_auth_file": AUTH_FILE,
+        "pull": "always",
+        "health_path": "/api/v1/health/",
+        "health_interval": "200ms",
+        "health_timeout": "1s",
+        "healthy_threshold": 1,
+        "unhealthy_threshold": 2,
+        "start_timeout": "30s",
+        "drain_timeout": "1s",
+        "stop_timeout": "2s",
+    }
+    c.update(over)
+    return c
+
+
+def frontend_conf(**over):
+    return backend_conf(**dict({"image": FRONTEND, "health_path": "/index.html"}, **over))
+
+
+def stack(backend=None, frontend=None):
+    """Sections of the two-service stack: /api/ -> backend, / -> frontend."""
+    sec = {"service backend": backend_conf(**(backend or {})),
+           "route api": {"prefix": "/api/", "service": "backend"}}
+    if frontend is not False:
+        sec["service frontend"] = frontend_conf(**(frontend or {}))
+        sec["route web"] = {"prefix": "/", "service": "frontend"}
+    return sec
+
+
+def one(name, conf):
+    """Sections of a single service `name` routed at /."""
+    return {f"service {name}": conf, "route all": {"prefix": "/", "service": name}}
+
+
+def state_is(p, svc, state):
+    s = p.service(svc)
+    return s if s["state"] == state else None
+
+
+def live(p, svc):
+    """The live instance of svc in /status."""
+    insts = [i for i in p.service(svc)["instances"] if i.get("role", "live") == "live"]
+    assert len(insts) == 1, p.service(svc)
+    return insts[0]
+
+
+def swap(p, svc, image):
+    """POST /services/SVC/swap; returns (status, last event)."""
+    code, events = p.control_stream("POST", f"/services/{svc}/swap", {"image": image},
+                                    timeout=120)
+    return code, events[-1] if events else None, events
+
+
+def test_pull_with_credentials_start_and_route(pmd_factory):
+    for img in (BACKEND, FRONTEND):  # make the first start pull them
+        docker("rmi", "-f", img, check=False)
+    p = pmd_factory(stack())
+    be = p.wait_healthy("backend", 60)
+    fe = p.wait_healthy("frontend", 60)
+    assert be["state"] == "running" and fe["state"] == "running"
+    assert be["image"] == BACKEND and fe["image"] == FRONTEND
+    assert image_present(BACKEND) and image_present(FRONTEND)
+
+    r = p.get("/api/v1/version")
+    assert r.status == 200 and r.json() == {"version": "1"}, r
+    r = p.get("/")
+    assert r.status == 200 and b"pmd test frontend" in r.body, r
+
+    # the containers: named by colour, labelled, host network, PORT = the
+    # port pmd routes to, no restart policy of Docker's own
+    inst = live(p, "backend")
+    c = inspect("pm-backend-blue")
+    assert c["Id"] == inst["id"]
+    labels = c["Config"]["Labels"]
+    assert labels["pmd.managed"] == "true" and labels["pmd.service"] == "backend"
+    assert labels["pmd.color"] == "blue" and labels["pmd.image"] == BACKEND
+    assert c["HostConfig"]["NetworkMode"] == "host"
+    assert c["HostConfig"]["RestartPolicy"]["Name"] == "no"
+    env = p.get("/api/v1/env").json()
+    assert env["PORT"] == str(inst["port"])
+    assert inspect("pm-frontend-blue")["Id"] == live(p, "frontend")["id"]
+
+
+def test_bad_credentials_and_missing_tag(pmd_factory, tmp_path):
+    auth = tmp_path / "config.json"
+    auth.write_text(open(AUTH_FILE).read())
+    p = pmd_factory(stack(backend={"registry_auth_file": str(auth)}, frontend=False))
+    p.wait_healthy("backend", 60)
+    old = live(p, "backend")["id"]
+
+    # a tag the registry does not have
+    missing = BACKEND.rsplit(":", 1)[0] + ":no-such-tag"
+    code, last, _ = swap(p, "backend", missing)
+    assert code == 200 and last["ok"] is False, last
+    assert "no-such-tag" in last["error"], last
+    assert "does not exist in the registry" in last["error"], last
+
+    # a wrong password (the file is read at each pull)
+    doc = json.loads(auth.read_text())
+    for entry in doc["auths"].values():
+        user = base64.b64decode(entry["auth"]).decode().split(":", 1)[0]
+        entry["auth"] = base64.b64encode(f"{user}:wrong-password".encode()).decode()
+    auth.write_text(json.dumps(doc))
+    code, last, _ = swap(p, "backend", BACKEND_V2)
+    assert code == 200 and last["ok"] is False, last
+    assert "refused the credentials" in last["error"], last
+
+    # the live instance was never touched
+    assert live(p, "backend")["id"] == old
+    assert p.get("/api/v1/version").json() == {"version": "1"}
+
+    # a first start with wrong credentials: the service says why
+    docker("rmi", "-f", BACKEND_V2, check=False)
+    q = pmd_factory(one("api", backend_conf(registry_auth_file=str(auth), image=BACKEND_V2)),
+                    name="q")
+    s = wait_for(lambda: (lambda s: s if s.get("error") else None)(q.service("api")), 30,
+                 what="an error on the service")
+    assert s["state"] in ("crashloop", "restarting", "failed"), s
+    assert "refused the credentials" in s["error"] and BACKEND_V2 in s["error"], s
+    assert not pmd_containers(service="api")
+
+
+def test_killed_container_is_restarted_with_backoff(pmd_factory):
+    p = pmd_factory(stack(frontend=False))
+    p.wait_healthy("backend", 60)
+    first = live(p, "backend")["id"]
+    docker("kill", "pm-backend-blue")
+    wait_for(lambda: p.service("backend")["restarts"] == 1, 15, interval=0.1,
+             what="restart counted")
+    p.wait_healthy("backend", 30)
+    second = live(p, "backend")["id"]
+    assert second != first
+    s = p.service("backend")
+    assert s["last_exit_code"] == 137 and s["instances"][0]["restarts"] == 1, s
+    assert [c["id"] for c in pmd_containers(service="backend")] == [second]
+    assert p.get("/api/v1/version").status == 200
+    p.wait_log(r'msg="restart scheduled" service=backend in_ms=1000')
+
+    # a second crash soon after: the backoff doubles
+    docker("kill", "pm-backend-blue")
+    wait_for(lambda: p.service("backend")["restarts"] == 2, 15, interval=0.1,
+             what="second restart")
+    p.wait_log(r'msg="restart scheduled" service=backend in_ms=2000')
+    p.wait_healthy("backend", 30)
+    assert p.get("/api/v1/version").status == 200
+
+
+def test_image_that_exits_at_once_is_a_crash_loop(pmd_factory):
+    conf = frontend_conf(command="sh -c 'echo boom: cannot reach the database; exit 3'")
+    p = pmd_factory(one("app", conf))
+    s = wait_for(lambda: state_is(p, "app", "crashloop"), 30, interval=0.1, what="crashloop")
+    s = wait_for(lambda: (lambda s: s if s.get("last_logs") else None)(p.service("app")), 10,
+                 what="last_logs")
+    assert s["last_exit_code"] == 3, s
+    assert any("boom: cannot reach the database" in line for line in s["last_logs"]), s
+    assert "exited with code 3" in s["error"], s
+    wait_for(lambda: p.service("app")["restarts"] >= 2, 15, interval=0.1, what="restarts")
+    assert p.service("app")["state"] == "crashloop"
+    r = p.pmctl("logs", "app")
+    assert "boom: cannot reach the database" in r.stdout, r
+
+
+def test_backend_turning_unhealthy_is_replaced(pmd_factory):
+    conf = frontend_conf(command=FLAG_APP, health_path="/health", unhealthy_restart="1s")
+    p = pmd_factory(one("app", conf))
+    p.wait_healthy("app", 60)
+    old = live(p, "app")
+    assert p.get("/health").status == 200
+    docker("exec", f"pm-app-{old['color']}", "rm", "/tmp/w/health")
+    wait_for(lambda: state_is(p, "app", "unhealthy"), 10, interval=0.1, what="unhealthy")
+    assert "health check failing" in p.service("app")["error"]
+
+    def replaced():
+        s = p.service("app")
+        ins = [i for i in s["instances"] if i["id"] != old["id"]]
+        return s if s["state"] == "running" and len(s["instances"]) == 1 and ins and \
+            ins[0]["healthy"] else None
+    s = wait_for(replaced, 30, interval=0.1, what="a healthy replacement")
+    new = s["instances"][0]
+    assert new["color"] != old["color"]
+    assert p.get("/health").status == 200
+    assert [c["id"] for c in pmd_containers(service="app")] == [new["id"]]
+
+
+def test_missing_required_env_is_refused_with_the_key_names(pmd_factory, tmp_path):
+    env_file = tmp_path / "app.env"
+    env_file.write_text("# settings\nSECRET_KEY=s3cret\n")
+    conf = backend_conf(required_env="DATABASE_URL, SECRET_KEY, REDIS_URL",
+                        env_file=str(env_file), env="REDIS_URL=redis://127.0.0.1")
+    p = pmd_factory(one("backend", conf))
+    s = wait_for(lambda: (lambda s: s if s.get("error") else None)(p.service("backend")), 10,
+                 what="an error")
+    assert "DATABASE_URL" in s["error"], s
+    assert "SECRET_KEY" not in s["error"] and "REDIS_URL" not in s["error"], s
+    assert s["state"] == "failed", s
+    assert not pmd_containers(service="backend")
+
+    # provided: it starts, and the container sees all three
+    env_file.write_text("SECRET_KEY=s3cret\nDATABASE_URL=postgres://db/x\n")
+    code, events = p.control_stream("POST", "/services/backend/restart")
+    assert events[-1]["ok"] is True, events[-1]
+    env = p.get("/api/v1/env").json()
+    assert env["DATABASE_URL"] == "postgres://db/x" and env["SECRET_KEY"] == "s3cret"
+    assert env["REDIS_URL"] == "redis://127.0.0.1"
+
+
+def test_kill9_then_restart_adopts_the_same_containers(pmd_factory):
+    sections = stack()
+    p = pmd_factory(sections)
+    p.wait_healthy("backend", 60)
+    p.wait_healthy("frontend", 60)
+    ids = {s: live(p, s)["id"] for s in ("backend", "frontend")}
+    started = {s: inspect(ids[s])["State"]["StartedAt"] for s in ids}
+    p.kill9()
+    # pmd is gone; the apps are not
+    for s in ids:
+        assert inspect(ids[s])["State"]["Running"]
+
+    seen = len(p.log_text())
+    q = pmd_factory(sections, name=p.dir.name, http_port=p.http_port)
+    for s in ids:
+        st = q.wait_healthy(s, 30)
+        assert live(q, s)["id"] == ids[s], st
+        assert st["restarts"] == 0
+        c = inspect(ids[s])
+        assert c["State"]["StartedAt"] == started[s] and c["State"]["Running"]
+    assert q.get("/api/v1/version").json() == {"version": "1"}
+    assert b"pmd test frontend" in q.get("/").body
+    q.wait_log(r'msg="instance adopted" service=backend')
+    assert len(pmd_containers()) == 2
+    assert "instance starting" not in q.log_text()[seen:]
+
+
+def test_corrupt_state_file_is_rebuilt_from_labels(pmd_factory):
+    sections = stack(frontend=False)
+    p = pmd_factory(sections)
+    p.wait_healthy("backend", 60)
+    code, last, _ = swap(p, "backend", BACKEND_V2)
+    assert last["ok"] is True, last
+    inst = live(p, "backend")
+    assert inst["color"] == "green"
+    p.stop()
+    state = os.path.join(p.state_dir, "state.json")
+    with open(state, "w") as f:
+        f.write('{"services": {"backend": ')   # truncated
+
+    q = pmd_factory(sections, name=p.dir.name, http_port=p.http_port)
+    s = q.wait_healthy("backend", 30)
+    assert live(q, "backend")["id"] == inst["id"]
+    assert s["image"] == BACKEND_V2 and s["color"] == "green" and s["restarts"] == 0
+    assert q.get("/api/v1/version").json() == {"version": "2"}
+    q.wait_log(r'state file unusable')
+    # rebuilt: valid JSON naming the adopted container
+    doc = wait_for(lambda: json.load(open(state)), 10, what="state.json rewritten")
+    assert inst["id"] in json.dumps(doc)
+    assert [c["id"] for c in pmd_containers()] == [inst["id"]]
+
+
+def test_foreign_containers_are_left_alone(pmd_factory):
+    docker("run", "-d", "--name", FOREIGN[0], "--network", "host", BUSYBOX, "sleep", "300")
+    # a container of someone else's under the name pmd would use
+    docker("run", "-d", "--name", FOREIGN[1], "--network", "host", BUSYBOX, "sleep", "300")
+    ids = {n: inspect(n)["Id"] for n in FOREIGN}
+    sections = stack(frontend=False)
+    sections.update(one("clash", frontend_conf(image=BUSYBOX, pull="missing")))
+    sections["route all"]["prefix"] = "/clash/"
+    p = pmd_factory(sections)
+    p.wait_healthy("backend", 60)
+    s = wait_for(lambda: (lambda s: s if s.get("error") else None)(p.service("clash")), 20,
+                 what="clash error")
+    assert "not managed by pmd" in s["error"] and FOREIGN[1] in s["error"], s
+    p.stop()
+    for n in FOREIGN:
+        c = inspect(n)
+        assert c["Id"] == ids[n] and c["State"]["Running"], n
+    assert docker("inspect", "pm-backend-blue", check=False).returncode == 0
+
+
+def test_keep_images_prunes_older_images(pmd_factory):
+    for img in (BACKEND, BACKEND_V2):
+        docker("rmi", "-f", img, check=False)
+    p = pmd_factory(stack(backend={"keep_images": 1}, frontend=False))
+    p.wait_healthy("backend", 60)
+    assert image_present(BACKEND)
+    code, last, _ = swap(p, "backend", BACKEND_V2)
+    assert last["ok"] is True, last
+    wait_for(lambda: not image_present(BACKEND), 20, what=f"{BACKEND} pruned")
+    assert image_present(BACKEND_V2)
+    assert image_present(BUSYBOX)  # other repositories are not touched
+    assert p.get("/api/v1/version").json() == {"version": "2"}
+
+
+def test_keep_images_keeps_the_previous_one(pmd_factory):
+    for img in (BACKEND, BACKEND_V2):
+        docker("rmi", "-f", img, check=False)
+    p = pmd_factory(stack(backend={"keep_images": 2}, frontend=False))
+    p.wait_healthy("backend", 60)
+    code, last, _ = swap(p, "backend", BACKEND_V2)
+    assert last["ok"] is True, last
+    p.wait_log(r'msg="instance removed" service=backend color=blue')
+    time.sleep(1)  # a prune would have run by now
+    assert image_present(BACKEND) and image_present(BACKEND_V2)
+    # rollback works from the kept image
+    code, events = p.control_stream("POST", "/services/backend/rollback")
+    assert events[-1]["ok"] is True, events[-1]
+    assert p.get("/api/v1/version").json() == {"version": "1"}
+
+
+def test_stale_candidate_is_removed_at_start(pmd_factory):
+    sections = stack(frontend=False)
+    p = pmd_factory(sections)
+    p.wait_healthy("backend", 60)
+    blue = live(p, "backend")["id"]
+    p.kill9()
+    # what a kill -9 in the middle of a swap leaves: a green candidate
+    port = pmdtest.free_port()
+    docker("run", "-d", "--name", "pm-backend-green", "--network", "host",
+           "--label", "pmd.managed=true", "--label", "pmd.service=backend",
+           "--label", "pmd.color=green", "--label", f"pmd.image={BACKEND_V2}",
+           "--label", f"pmd.port={port}", BUSYBOX, "sleep", "300")
+    green = inspect("pm-backend-green")["Id"]
+
+    q = pmd_factory(sections, name=p.dir.name, http_port=p.http_port)
+    q.wait_healthy("backend", 30)
+    assert live(q, "backend")["id"] == blue
+    wait_for(lambda: docker("inspect", green, check=False).returncode != 0, 20,
+             what="the stale candidate removed")
+    assert [c["id"] for c in pmd_containers()] == [blue]
+    assert q.service("backend")["restarts"] == 0
+    assert q.get("/api/v1/version").json() == {"version": "1"}
