@@ -13,6 +13,8 @@ PKGS=(
 	python3 python3-pytest curl openssl
 	docker.io docker-registry apache2-utils pebble
 	busybox-static gunicorn
+	# droplet files: systemd-analyze verify, cloud-init schema, man -l, make dist
+	systemd cloud-init python3-yaml man-db groff-base git
 )
 
 missing=()
