@@ -6,8 +6,12 @@
 #   frontend   busybox-static httpd serving /www on 127.0.0.1:$PORT (every
 #              busybox applet on PATH); also tagged pmdtest-busybox:1 locally
 #              only (PMD_TEST_DOCKER_IMAGE)
+#              /www/version.txt says "frontend 1"; :2 is the same with "frontend 2"
 #   backend    Debian's python3 + gunicorn running app.py on 127.0.0.1:$PORT;
 #              :1 (APP_VERSION=1), :2 (APP_VERSION=2), :broken (health 503)
+#   zd         the same rootfs running zdapp.py (streaming, WebSocket echo;
+#              for the zero-downtime tests): :1, :2, :unhealthy (health 500),
+#              :crash (exits at start), :relfail (release command exits 1)
 #
 # The rootfs are made from files of this host (no network): busybox-static
 # for a shell, and for the backend python3, its standard library, the
@@ -50,20 +54,23 @@ skeleton
 mkdir -p "$root/www"
 cp "$here/index.html" "$root/www/index.html"
 echo 'window.ENV = {"source": "image"};' >"$root/www/env-config.js"
-tar -C "$root" -cf "$work/frontend.tar" .
-# httpd as PID 1 would ignore SIGTERM (no handler): the shell stays PID 1
-# and exits on it, so `docker stop` is quick.
-# shellcheck disable=SC2016 # ${PORT} is expanded by the container's shell
-docker import \
-	-c 'ENV PORT=80' \
-	-c 'CMD ["/bin/sh", "-c", "trap \"exit 0\" TERM INT; /bin/busybox httpd -f -p 127.0.0.1:${PORT} -h /www & wait"]' \
-	"$work/frontend.tar" "$reg/frontend:1" >/dev/null
+for v in 1 2; do
+	echo "frontend $v" >"$root/www/version.txt"
+	tar -C "$root" -cf "$work/frontend.tar" .
+	# httpd as PID 1 would ignore SIGTERM (no handler): the shell stays PID 1
+	# and exits on it, so `docker stop` is quick.
+	# shellcheck disable=SC2016 # ${PORT} is expanded by the container's shell
+	docker import \
+		-c 'ENV PORT=80' \
+		-c 'CMD ["/bin/sh", "-c", "trap \"exit 0\" TERM INT; /bin/busybox httpd -f -p 127.0.0.1:${PORT} -h /www & wait"]' \
+		"$work/frontend.tar" "$reg/frontend:$v" >/dev/null
+done
 
 # ---- backend --------------------------------------------------------------
 root=$work/backend
 skeleton
 mkdir -p "$root/app"
-cp "$here/app.py" "$root/app/app.py"
+cp "$here/app.py" "$here/zdapp.py" "$root/app/"
 py=$(readlink -f /usr/bin/python3)
 pyver=$(/usr/bin/python3 -c 'import sys; print("python%d.%d" % sys.version_info[:2])')
 put /usr/bin/python3
@@ -89,18 +96,33 @@ docker import -c 'ENV PORT=8000' -c 'ENV APP_VERSION=2' -c "$cmd" \
 docker import -c 'ENV PORT=8000' -c 'ENV APP_VERSION=broken' -c 'ENV APP_HEALTHY=0' -c "$cmd" \
 	"$work/backend.tar" "$reg/backend:broken" >/dev/null
 
+zd='CMD ["/usr/bin/python3", "/app/zdapp.py"]'
+for v in 1 2; do
+	docker import -c 'ENV PORT=8000' -c "ENV APP_VERSION=$v" -c "$zd" \
+		"$work/backend.tar" "$reg/zd:$v" >/dev/null
+done
+docker import -c 'ENV PORT=8000' -c 'ENV APP_VERSION=unhealthy' -c 'ENV APP_HEALTH_STATUS=500' \
+	-c "$zd" "$work/backend.tar" "$reg/zd:unhealthy" >/dev/null
+docker import -c 'ENV PORT=8000' -c 'ENV APP_VERSION=crash' -c 'ENV APP_CRASH=1' \
+	-c "$zd" "$work/backend.tar" "$reg/zd:crash" >/dev/null
+docker import -c 'ENV PORT=8000' -c 'ENV APP_VERSION=relfail' -c 'ENV APP_RELEASE_EXIT=1' \
+	-c "$zd" "$work/backend.tar" "$reg/zd:relfail" >/dev/null
+
 # A local-only busybox image (never pushed: no pull needed) for the docker
 # runtime's live unit test.
 docker tag "$reg/frontend:1" pmdtest-busybox:1
 
 # Push, then drop the local copies so that pmd's pulls go to the registry.
-for img in frontend:1 backend:1 backend:2 backend:broken; do
+for img in frontend:1 frontend:2 backend:1 backend:2 backend:broken \
+	zd:1 zd:2 zd:unhealthy zd:crash zd:relfail; do
 	docker push -q "$reg/$img" >/dev/null
 	docker rmi "$reg/$img" >/dev/null
 done
 
 echo "export PMD_TEST_DOCKER_IMAGE=pmdtest-busybox:1"
 echo "export PMD_TEST_IMAGE_FRONTEND=$reg/frontend:1"
+echo "export PMD_TEST_IMAGE_FRONTEND_V2=$reg/frontend:2"
+echo "export PMD_TEST_IMAGE_ZD=$reg/zd"
 echo "export PMD_TEST_IMAGE_BACKEND=$reg/backend:1"
 echo "export PMD_TEST_IMAGE_BACKEND_V2=$reg/backend:2"
 echo "export PMD_TEST_IMAGE_BACKEND_BROKEN=$reg/backend:broken"
