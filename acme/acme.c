@@ -106,6 +106,7 @@ struct acme {
 	/* served certificate */
 	struct cert_bundle *cert;
 	int cert_temporary;
+	char *cert_origin;         /* directory that issued cert; NULL unknown */
 	time_t next_check;         /* when the timer fires (status) */
 	time_t renew_at;           /* when the current certificate is due */
 	time_t ari_start, ari_end; /* 0: no window known */
@@ -404,10 +405,13 @@ static void schedule_check(struct acme *a, time_t when)
 	arm_timer(a, (uint64_t)(when - now) * 1000);
 }
 
+/* A certificate worth keeping: real, covering every domain, and from the
+ * configured CA (switching from staging to production re-orders). */
 static int have_cert(const struct acme *a)
 {
 	return a->cert && !a->cert_temporary &&
-	       certstore_covers(a->cert, (const char *const *)a->c.domains, a->c.n_domains);
+	       certstore_covers(a->cert, (const char *const *)a->c.domains, a->c.n_domains) &&
+	       (!a->cert_origin || strcmp(a->cert_origin, a->c.directory) == 0);
 }
 
 /* After the directory (and account): renewal info, an order, or sleep. */
@@ -697,7 +701,8 @@ static void on_cert(struct acme *a, const struct resp *r)
 		fail(a, "badCertificate", err ? err : "the issued certificate does not cover every domain", -1);
 		goto out;
 	}
-	if (certstore_save(a->c.state_dir, r->body, r->body_len, a->cert_key, &err) < 0) {
+	if (certstore_save(a->c.state_dir, r->body, r->body_len, a->cert_key, &err) < 0 ||
+	    certstore_save_origin(a->c.state_dir, a->c.directory, &err) < 0) {
 		fail(a, "store", err, -1);
 		goto out;
 	}
@@ -1044,7 +1049,15 @@ void acme_free(struct acme *a)
 	certstore_unref(a->cert);
 	free(a->replaces);
 	free(a->last_error);
+	free(a->cert_origin);
 	free(a);
+}
+
+static void note_foreign_cert(const struct acme *a)
+{
+	if (a->cert_origin && strcmp(a->cert_origin, a->c.directory) != 0)
+		log_info("stored certificate comes from another ACME directory, ordering a new one issued_by=%s",
+			log_q(a->cert_origin));
 }
 
 void acme_set_cert(struct acme *a, struct cert_bundle *b, int temporary)
@@ -1056,6 +1069,9 @@ void acme_set_cert(struct acme *a, struct cert_bundle *b, int temporary)
 	a->cert = b;
 	a->cert_temporary = temporary;
 	a->renew_at = b && !temporary ? acme_renewal_time(b->not_before, b->not_after) : 0;
+	free(a->cert_origin);
+	a->cert_origin = b && !temporary ? certstore_load_origin(a->c.state_dir) : NULL;
+	note_foreign_cert(a);
 }
 
 int acme_reconfigure(struct acme *a, const struct acme_conf *c, char **errp)
@@ -1066,8 +1082,10 @@ int acme_reconfigure(struct acme *a, const struct acme_conf *c, char **errp)
 	int dir_changed = strcmp(nc.directory, a->c.directory) != 0;
 	conf_free(&a->c);
 	a->c = nc;
-	if (dir_changed)
+	if (dir_changed) {
 		replace_str(&a->kid, NULL);  /* a new CA: register there */
+		note_foreign_cert(a);
+	}
 	if (a->state == AS_IDLE || a->state == AS_BACKOFF) {
 		a->failures = 0;
 		a->next_check = time(NULL);

@@ -311,6 +311,23 @@ out:
 	return rc;
 }
 
+int certstore_save_origin(const char *state_dir, const char *directory, char **errp)
+{
+	char path[PATH_MAX];
+	snprintf(path, sizeof(path), "%s/certs/directory", state_dir);
+	return fs_write_atomic(path, directory, strlen(directory), 0644, errp);
+}
+
+char *certstore_load_origin(const char *state_dir)
+{
+	char path[PATH_MAX];
+	snprintf(path, sizeof(path), "%s/certs/directory", state_dir);
+	char *s = fs_read_file(path, 4096, NULL, NULL);
+	if (s)
+		s[strcspn(s, "\r\n")] = '\0';
+	return s;
+}
+
 int certstore_covers(const struct cert_bundle *b, const char *const *names, size_t n)
 {
 	for (size_t i = 0; i < n; i++) {

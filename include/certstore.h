@@ -51,6 +51,11 @@ struct cert_bundle *certstore_load_files(const char *cert_file, const char *key_
  * ever stored (as opposed to a corrupted one). */
 struct cert_bundle *certstore_load(const char *state_dir, char **errp);
 /* Store the PEM chain and key under STATE_DIR/certs (created 0700). 0/-1 errp. */
+/* The ACME directory URL a stored certificate was issued by, kept in
+ * STATE_DIR/certs/directory beside it: save is atomic (0/-1 errp); load
+ * returns a malloc'd string or NULL when none was recorded. */
+int certstore_save_origin(const char *state_dir, const char *directory, char **errp);
+char *certstore_load_origin(const char *state_dir);
 int certstore_save(const char *state_dir, const char *chain_pem, size_t len,
 	EVP_PKEY *key, char **errp);
 

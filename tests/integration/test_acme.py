@@ -190,6 +190,33 @@ def test_corrupted_certificate_is_reordered(pmd_factory, pebble, tmp_path):
     assert first["issuer"].startswith("CN=Pebble")
 
 
+def test_new_directory_reorders_without_restart(pmd_factory, pebble, tmp_path):
+    """Staging -> production: a certificate from another ACME directory is
+    kept serving until the new CA's arrives, which comes without a restart
+    (the same Pebble under another URL stands in for the second CA)."""
+    doms = names()
+    p = acme_pmd(pmd_factory, pebble, doms)
+    first = wait_issued(p)
+    origin = open(f"{p.state_dir}/certs/directory").read()
+    assert origin == pebble["PMD_TEST_PEBBLE_DIR"]
+    other = origin.replace("127.0.0.1", "localhost")
+    assert other != origin
+    mark = len(p.log_text())
+    p.config_path.write_text(p.config_path.read_text().replace(origin, other))
+    p.reload()
+    p.wait_log(r"stored certificate comes from another ACME directory", 10)
+    pmdtest.wait_for(lambda: "acme certificate issued" in p.log_text()[mark:], 30,
+                     what="certificate from the new directory")
+    assert open(f"{p.state_dir}/certs/directory").read() == other
+    assert p.status()["tls"]["temporary"] is False
+    # and a restart keeps it: same directory now, no new order
+    p.stop()
+    mark = len(p.log_text())
+    p.start()
+    p.wait_log(r"acme state\" from=directory to=idle", 15)
+    assert "acme order created" not in p.log_text()[mark:]
+
+
 def test_short_certificate_renews_with_connection_open(pmd_factory, own_pebble, tmp_path):
     peb = own_pebble(validity=20)
     env = peb.env_vars()
