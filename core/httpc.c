@@ -10,6 +10,9 @@
 
 #include <curl/curl.h>
 #include <event2/event.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -49,6 +52,7 @@ struct httpc_req {
 	char *head;              /* raw response head(s) */
 	size_t head_len, head_cap;
 	int too_large, receiver_abort;
+	char *ca_file;           /* extra CA bundle, added to the system's */
 	char errbuf[CURL_ERROR_SIZE];
 	struct httpc_req *prev, *next;
 };
@@ -106,6 +110,7 @@ static void req_destroy(struct httpc_req *r, int in_multi)
 	curl_slist_free_all(r->hdrs);
 	free(r->body);
 	free(r->head);
+	free(r->ca_file);
 	free(r);
 }
 
@@ -406,6 +411,21 @@ static int has_header(const char *const *hdrs, const char *name)
 	return 0;
 }
 
+/* OpenSSL context hook: add the request's extra CA bundle to the trust
+ * store curl has already filled from the system bundle. */
+static CURLcode add_ca_cb(CURL *e, void *sslctx, void *arg)
+{
+	(void)e;
+	struct httpc_req *r = arg;
+	X509_STORE *st = SSL_CTX_get_cert_store(sslctx);
+	if (!st || X509_STORE_load_file(st, r->ca_file) != 1) {
+		ERR_clear_error();
+		snprintf(r->errbuf, sizeof(r->errbuf), "cannot load the CA bundle %s", r->ca_file);
+		return CURLE_SSL_CACERT_BADFILE;
+	}
+	return CURLE_OK;
+}
+
 /* Configure r->easy from o. 0, or -1 with *errp. */
 static int setup_easy(struct httpc_req *r, const struct httpc_opts *o, char **errp)
 {
@@ -428,8 +448,14 @@ static int setup_easy(struct httpc_req *r, const struct httpc_opts *o, char **er
 		curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, o->timeout_ms);
 	if (o->connect_timeout_ms > 0)
 		curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, o->connect_timeout_ms);
-	if (o->ca_file && o->ca_file[0])
-		curl_easy_setopt(e, CURLOPT_CAINFO, o->ca_file);
+	if (o->ca_file && o->ca_file[0]) {
+		if (!(r->ca_file = strdup(o->ca_file))) {
+			*errp = strdup("out of memory");
+			return -1;
+		}
+		curl_easy_setopt(e, CURLOPT_SSL_CTX_FUNCTION, add_ca_cb);
+		curl_easy_setopt(e, CURLOPT_SSL_CTX_DATA, r);
+	}
 	if (o->insecure) {
 		curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L);
 		curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L);

@@ -39,7 +39,7 @@ struct httpc_opts {
 	size_t body_len;
 	long timeout_ms;           /* whole transfer; 0 = none */
 	long connect_timeout_ms;   /* 0 = curl default */
-	const char *ca_file;       /* extra CA bundle (ACME tests) */
+	const char *ca_file;       /* extra CA bundle, trusted besides the system's */
 	int insecure;              /* do not verify TLS peer */
 	size_t max_body;           /* buffered bodies over this fail; 0 = 8 MiB */
 	httpc_data_fn on_data;     /* set: body is streamed, not buffered */
