@@ -618,10 +618,15 @@ static int req_semantics(struct http_request *req, uint64_t max_body)
 			return req_fail(req, 400, "Transfer-Encoding in an HTTP/1.0 request");
 		if (f.te.bad)
 			return req_fail(req, 400, "malformed Transfer-Encoding");
-		if (f.te.unknown > 0)
-			return req_fail(req, 501, "unsupported transfer coding");
 		if (f.te.chunked > 1)
 			return req_fail(req, 400, "chunked applied more than once");
+		/* RFC 9112 6.3: chunked present but not final leaves the
+		 * length undeterminable (400, a MUST), which outranks the
+		 * unknown coding after it (501, a SHOULD). */
+		if (f.te.chunked == 1 && !f.te.chunked_last)
+			return req_fail(req, 400, "chunked is not the final transfer coding");
+		if (f.te.unknown > 0)
+			return req_fail(req, 501, "unsupported transfer coding");
 		req->body = HTTP_BODY_CHUNKED;
 	} else if (f.n_cl > 0) {
 		/* Strict: a repeated Content-Length is refused even when the

@@ -178,6 +178,27 @@ static int max_conns(struct worker *w)
 	return m > 0 ? m : 10000;
 }
 
+/* Accepting pauses in every worker once max_connections is reached (the
+ * listeners of SO_REUSEPORT workers share the load, so one paused worker
+ * alone would leave the others accepting); connections another worker
+ * accepted before it saw the pause are served. */
+static void cap_check_all(struct proxy *p)
+{
+	for (int i = 0; i < p->nw; i++)
+		if (p->w[i].ev_cap)
+			event_active(p->w[i].ev_cap, EV_TIMEOUT, 0);
+}
+
+static void worker_pause(struct worker *w, int n)
+{
+	if (w->paused)
+		return;
+	w->paused = true;
+	atomic_fetch_add(&w->p->n_paused, 1);
+	listeners_enable(w, false);
+	log_warn("max_connections reached, accepting paused worker=%d connections=%d", w->idx, n);
+}
+
 static void on_accept(struct evconnlistener *lev, evutil_socket_t fd, struct sockaddr *sa,
 	int salen, void *arg)
 {
@@ -187,10 +208,8 @@ static void on_accept(struct evconnlistener *lev, evutil_socket_t fd, struct soc
 	struct proxy *p = w->p;
 	int n = atomic_fetch_add(&p->nconns, 1) + 1;
 	if (n >= max_conns(w) && !w->paused) {
-		w->paused = true;
-		atomic_fetch_add(&p->n_paused, 1);
-		listeners_enable(w, false);
-		log_warn("max_connections reached, accepting paused worker=%d connections=%d", w->idx, n);
+		worker_pause(w, n);
+		cap_check_all(p);
 	}
 	conn_accept(w, fd, sa, salen, ls->tls);
 }
@@ -201,17 +220,22 @@ void worker_conn_closed(struct worker *w)
 	int n = atomic_fetch_sub(&p->nconns, 1) - 1;
 	if (!p->started || atomic_load(&p->n_paused) == 0 || n >= max_conns(w))
 		return;
-	for (int i = 0; i < p->nw; i++)
-		if (p->w[i].ev_resume)
-			event_active(p->w[i].ev_resume, EV_TIMEOUT, 0);
+	cap_check_all(p);
 }
 
-static void on_resume(evutil_socket_t fd, short what, void *arg)
+/* The connection count crossed the cap: pause or resume accepting. */
+static void on_cap(evutil_socket_t fd, short what, void *arg)
 {
 	(void)fd;
 	(void)what;
 	struct worker *w = arg;
-	if (!w->paused || atomic_load(&w->p->nconns) >= max_conns(w))
+	int n = atomic_load(&w->p->nconns);
+	if (n >= max_conns(w)) {
+		if (!w->stopping)
+			worker_pause(w, n);
+		return;
+	}
+	if (!w->paused)
 		return;
 	w->paused = false;
 	atomic_fetch_sub(&w->p->n_paused, 1);
@@ -406,7 +430,7 @@ static int worker_setup(struct worker *w, char **errp)
 	if (!(w->base = event_base_new()) ||
 	    !(w->ev_wake = event_new(w->base, -1, 0, on_wake, w)) ||
 	    !(w->ev_stop = event_new(w->base, -1, 0, on_stop, w)) ||
-	    !(w->ev_resume = event_new(w->base, -1, 0, on_resume, w)) ||
+	    !(w->ev_cap = event_new(w->base, -1, 0, on_cap, w)) ||
 	    !(w->ev_tick = event_new(w->base, -1, EV_PERSIST, on_tick, w)) ||
 	    !(w->ev_log = evtimer_new(w->base, on_log_timer, w)) ||
 	    !(w->logbuf = malloc(LOGBUF_SIZE))) {
@@ -508,7 +532,7 @@ static void worker_free(struct worker *w)
 			close(w->ls[i].fd);
 	}
 	free(w->ls);
-	struct event *evs[] = { w->ev_wake, w->ev_stop, w->ev_resume, w->ev_tick, w->ev_log };
+	struct event *evs[] = { w->ev_wake, w->ev_stop, w->ev_cap, w->ev_tick, w->ev_log };
 	for (size_t i = 0; i < sizeof(evs) / sizeof(evs[0]); i++)
 		if (evs[i])
 			event_free(evs[i]);

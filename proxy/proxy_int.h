@@ -104,7 +104,7 @@ struct worker {
 	size_t n_ls;
 	struct event *ev_wake;           /* snapshot published (any thread) */
 	struct event *ev_stop;           /* stop accepting (any thread) */
-	struct event *ev_resume;         /* connection count fell under the cap (any thread) */
+	struct event *ev_cap;            /* connection count crossed the cap (any thread) */
 	struct event *ev_tick;           /* 1 s housekeeping */
 	struct event *ev_log;            /* access log flush timer */
 	struct snapshot *snap;           /* current as of the last check */
