@@ -98,9 +98,9 @@ def test_sd_notify_ready_watchdog_reload_stopping(pmd_factory, tmp_path):
             msg = ns.next(2.0)
             assert msg == "WATCHDOG=1", ns.got
             beats.append(time.monotonic())
-        assert 4 <= len(beats) <= 12, beats
+        assert 3 <= len(beats) <= 12, beats
         gaps = [b - a for a, b in zip(beats, beats[1:])]
-        assert all(0.1 < g < 0.4 for g in gaps), gaps
+        assert all(0.1 < g < 0.7 for g in gaps), gaps  # 0.2 s, with slack for a busy CI
 
         # SIGHUP: RELOADING=1, then READY=1 again
         p.reload()
@@ -234,7 +234,7 @@ def test_low_disk_warning(pmd_factory, tmp_path):
         assert sd["low"] is True and sd["free_percent"] < 10
         p.stop()
     finally:
-        subprocess.run(["umount", str(mnt)], check=False)
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_status_reports_docker_data_root(pmd_factory, docker_env):
