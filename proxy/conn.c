@@ -1284,11 +1284,27 @@ static void conn_response_done(struct conn *c)
 	conn_next(c);
 }
 
+/* The response cannot be completed after its head went to the client:
+ * end the client connection so that the client can tell. With
+ * Content-Length or chunked framing a close before the end says so; a
+ * body that ends with the connection (read-until-close, or chunked passed
+ * un-framed to an HTTP/1.0 client) would look complete after a clean
+ * close, so that connection is reset instead. */
+static void conn_cut(struct conn *c)
+{
+	if (c->rs.out_chunked || c->rs.kind == HTTP_BODY_LENGTH) {
+		conn_linger(c);
+		return;
+	}
+	io_reset_on_close(&c->io);
+	conn_free(c);
+}
+
 static void conn_upstream_fail(struct conn *c, int status, const char *why)
 {
 	if (c->res_head_done) {      /* too late for an answer: cut it */
 		STAT_ADD(c->w, upstream_errors, 1);
-		conn_linger(c);
+		conn_cut(c);
 		return;
 	}
 	conn_error(c, status, why, !c->req_done);
@@ -1497,7 +1513,7 @@ static void up_event(struct io *io, short what, void *arg)
 			conn_response_done(c);
 		} else {
 			STAT_ADD(c->w, upstream_errors, 1);
-			conn_linger(c);
+			conn_cut(c);
 		}
 		return;
 	}
@@ -1675,8 +1691,11 @@ static void conn_timer_fire(struct conn *c)
 			conn_error(c, 408, "request body not received in time", true);
 			return;
 		}
-		if (c->state == CS_PROXY)
+		if (c->state == CS_PROXY && c->res_head_done) {
 			STAT_ADD(c->w, upstream_errors, 1);
+			conn_cut(c);
+			return;
+		}
 		conn_linger(c);
 		return;
 	}
@@ -1829,6 +1848,8 @@ void conn_tick(struct worker *w)
 			continue;
 		if (c->state == CS_TUNNEL)
 			tunnel_close_1012(c);
+		else if (c->state == CS_PROXY && c->res_head_done)
+			conn_cut(c);
 		else if (c->state == CS_PROXY)
 			conn_linger(c);
 	}

@@ -288,6 +288,15 @@ void io_shutdown_wr(struct io *io)
 		shutdown(io->fd, SHUT_WR);
 }
 
+void io_reset_on_close(struct io *io)
+{
+	struct linger lg = { .l_onoff = 1, .l_linger = 0 };
+	if (!io->open)
+		return;
+	io_flush_now(io);
+	setsockopt(io->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+}
+
 void io_close(struct io *io)
 {
 	if (!io->open)

@@ -82,6 +82,10 @@ void io_read_update(struct io *io);
 void io_shutdown_wr(struct io *io);
 /* Try to write what is queued now (no callbacks). */
 void io_flush_now(struct io *io);
+/* Make the coming io_close reset the connection (RST, SO_LINGER 0) after
+ * writing what the kernel takes now: for a peer that must not mistake the
+ * end for a clean one. */
+void io_reset_on_close(struct io *io);
 /* Close the socket and free the buffers; the struct itself is the caller's. */
 void io_close(struct io *io);
 /* Write every dirty io of the worker; call at the end of each callback. */

@@ -27,6 +27,7 @@ is cut, and what the client got is not a complete message.
 """
 import selectors
 import socket
+import struct
 import threading
 import time
 
@@ -560,6 +561,64 @@ def test_bad_upstream_response(fake_pmd, rid, resp, expect, up_closes):
     conn = wait_for(lambda: up.by_id.get(rid), timeout=5, what="the request at the fake upstream")
     if not up_closes:
         assert conn.closed.wait(3), "pmd kept the upstream connection open"
+
+
+# Responses whose end the client can only see as the connection closing
+# (a read-until-close body, or chunked re-framed for an HTTP/1.0 client):
+# when the upstream fails mid-body, a clean close would pass the truncated
+# body off as complete, so pmd resets the client connection instead.
+# (id, response bytes, how the upstream ends: "fin" | "rst", client
+# HTTP minor version, what the client sees: "eof" | "reset")
+CLOSE_ROWS = [
+    ("close-framed-ends-with-fin", OK + b"\r\nall of it", "fin", 1, "eof"),
+    ("close-framed-ends-with-rst", OK + b"\r\npart of it", "rst", 1, "reset"),
+    ("http10-chunked-complete", OK + b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+     "fin", 0, "eof"),
+    ("http10-chunked-closed-mid-body", OK + b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+     "fin", 0, "reset"),
+    ("http10-chunked-bad-chunk", OK + b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n",
+     "fin", 0, "reset"),
+    ("http10-cl-closed-mid-body", OK + b"Content-Length: 100\r\n\r\nhello", "fin", 0, "eof"),
+]
+
+
+class CloseUpstream(Backend):
+    def __init__(self):
+        self.rows = {r[0]: r for r in CLOSE_ROWS}
+        super().__init__()
+
+    def serve(self, c, conn, first):
+        buf = first
+        while b"\r\n\r\n" not in buf:
+            d = c.recv(65536)
+            if not d:
+                return
+            buf += d
+        rid = buf.split(b" ", 2)[1].decode().rsplit("/", 1)[1]
+        _, resp, end, _, _ = self.rows[rid]
+        c.sendall(resp)
+        time.sleep(0.2)                 # the client has the partial body by now
+        if end == "rst":
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.closed.set()
+
+
+@pytest.mark.parametrize("rid,resp,end,minor,expect", CLOSE_ROWS, ids=[r[0] for r in CLOSE_ROWS])
+def test_close_framed_response_failure_resets_client(tmp_path_factory, rid, resp, end, minor, expect):
+    up = CloseUpstream()
+    p = start_pmd(tmp_path_factory, up, "closeframed")
+    try:
+        s = socket.create_connection(("127.0.0.1", p.http_port), timeout=5)
+        s.sendall(b"GET /c/%s HTTP/1.%d\r\nHost: a\r\n\r\n" % (rid.encode(), minor))
+        time.sleep(0.5)                 # let the answer arrive before reading it
+        data, how = read_to_eof(s)
+        s.close()
+        assert how == expect, (how, data[:300])
+        if expect == "eof" and rid != "http10-cl-closed-mid-body":
+            assert data.endswith(b"all of it") or data.endswith(b"abc"), data
+    finally:
+        p.stop()
+        up.close()
 
 
 # ---------------------------------------------------------------------------
