@@ -49,6 +49,9 @@ struct op {
 	op_step next;                  /* its continuation */
 	op_step after_version;         /* first step, once the API version is known */
 	struct op *wait_next;          /* list of ops waiting for the version */
+	struct op *prev, *next_op;     /* live_ops */
+	int linked;                    /* in live_ops */
+	int deferred;                  /* op_fail_later's event is pending */
 	char what[640];                /* "docker create pm-backend-green" */
 	char name[128], id[128], image[512];
 	char *body;                    /* create payload; pull: first line of the answer */
@@ -94,6 +97,12 @@ struct dpriv {
 	int exit_reported, stopping;
 	int container_port;
 };
+
+/* Every op not yet finished: an instance released with ops still in flight
+ * (pmd stopping while a start runs) abandons them (docker_release); ops
+ * alive when pmd exits stay reachable from here, abandoned with the
+ * process like their requests in httpc. */
+static struct op *live_ops;
 
 /* ---- API version, per engine socket ----------------------------------- */
 
@@ -291,12 +300,36 @@ static struct op *op_new(enum op_kind kind, struct runtime_ctx *rt, void *arg)
 		op->kind = kind;
 		op->rt = rt;
 		op->arg = arg;
+		op->next_op = live_ops;
+		if (live_ops)
+			live_ops->prev = op;
+		live_ops = op;
+		op->linked = 1;
 	}
 	return op;
 }
 
+/* Take op out of live_ops (once). */
+static void op_unlink(struct op *op)
+{
+	if (!op->linked)
+		return;
+	op->linked = 0;
+	if (op->prev)
+		op->prev->next_op = op->next_op;
+	else
+		live_ops = op->next_op;
+	if (op->next_op)
+		op->next_op->prev = op->prev;
+	op->prev = op->next_op = NULL;
+}
+
+/* NULL ok. */
 static void op_free(struct op *op)
 {
+	if (!op)
+		return;
+	op_unlink(op);
 	free(op->body);
 	if (op->auth) {
 		explicit_bzero(op->auth, strlen(op->auth));
@@ -320,6 +353,7 @@ static void op_finish(struct op *op)
 {
 	int ok = op->err == NULL;
 
+	op_unlink(op); /* the callback may release op->inst: not ours to abandon then */
 	switch (op->kind) {
 	case OP_PULL: case OP_START: case OP_STOP: case OP_ADOPT: case OP_PRUNE:
 		if (op->done)
@@ -352,6 +386,7 @@ static void op_fail_later(struct op *op, char *err)
 	struct timeval now = { 0, 0 };
 
 	op->err = err ? err : strdup("out of memory");
+	op->deferred = 1;
 	if (event_base_once(op->rt->base, -1, EV_TIMEOUT, op_fail_later_cb, op, &now) < 0)
 		op_finish(op);
 }
@@ -499,10 +534,40 @@ static struct dpriv *priv_for(struct runtime_ctx *rt, struct rt_instance *inst, 
 	return p;
 }
 
+static void missing_pulled(void *arg, int ok, const char *err);
+
+/* Drop op and the pull it started, with no callback (its instance is
+ * gone). */
+static void op_abandon(struct op *op)
+{
+	for (struct op *o = live_ops, *nx; o; o = nx) {
+		nx = o->next_op;
+		if (o->arg == op && o->done == missing_pulled)
+			op_abandon(o);
+	}
+	for (struct op **pp = &ver.waiting; *pp; pp = &(*pp)->wait_next)
+		if (*pp == op) {
+			*pp = op->wait_next;
+			break;
+		}
+	httpc_cancel(op->req);
+	op->req = NULL;
+	op_free(op);
+}
+
 static void docker_release(struct rt_instance *inst)
 {
 	struct dpriv *p = inst ? inst->priv : NULL;
 
+	for (struct op *o = live_ops, *nx; inst && o; o = nx) {
+		nx = o->next_op;
+		/* a deferred op keeps its pending event's pointer valid */
+		if (o->inst == inst && !o->deferred) {
+			log_debug("docker call abandoned what=%s", log_q(o->what));
+			op_abandon(o);
+			nx = live_ops; /* the list may have lost other entries */
+		}
+	}
 	if (!p)
 		return;
 	httpc_cancel(p->wait_req);
@@ -910,7 +975,7 @@ static void docker_start(struct runtime_ctx *rt, const struct svc_conf *svc, str
 	char *err = NULL, *e2 = NULL;
 
 	if (!op || !priv_for(rt, inst, on_exit, arg)) {
-		free(op);
+		op_free(op);
 		done(arg, 0, "out of memory");
 		return;
 	}
@@ -1001,7 +1066,7 @@ static void docker_stop(struct runtime_ctx *rt, struct rt_instance *inst, unsign
 	struct dpriv *p = inst->priv;
 
 	if (!op || (!p && !(p = priv_for(rt, inst, NULL, NULL)))) {
-		free(op);
+		op_free(op);
 		done(arg, 0, "out of memory");
 		return;
 	}
@@ -1152,7 +1217,7 @@ static void docker_logs(struct runtime_ctx *rt, struct rt_instance *inst, int ta
 	if (tail <= 0)
 		tail = 100;
 	if (!op || !(op->out = logring_new((size_t)tail))) {
-		free(op);
+		op_free(op);
 		done(arg, 0, "out of memory", NULL);
 		return;
 	}
@@ -1197,6 +1262,7 @@ static void listed(struct op *op, const struct httpc_response *res)
 	if (!f) {
 		op_fail(op, "%s: out of memory", op->what);
 	} else {
+		op_unlink(op);
 		op->list_done(op->arg, 1, NULL, f, k);
 		op_free(op);
 	}
@@ -1275,7 +1341,7 @@ static void docker_adopt(struct runtime_ctx *rt, const struct svc_conf *svc, str
 	struct op *op = op_new(OP_ADOPT, rt, arg);
 
 	if (!op || !priv_for(rt, inst, on_exit, arg)) {
-		free(op);
+		op_free(op);
 		done(arg, 0, "out of memory");
 		return;
 	}
@@ -1388,7 +1454,7 @@ static void docker_prune(struct runtime_ctx *rt, const struct svc_conf *svc, con
 	char *err = NULL;
 
 	if (!op || !(op->keep = calloc(n_keep + 1, sizeof(*op->keep)))) {
-		free(op);
+		op_free(op);
 		done(arg, 0, "out of memory");
 		return;
 	}
