@@ -162,6 +162,10 @@ def test_pull_with_credentials_start_and_route(pmd_factory):
     assert env["PORT"] == str(inst["port"])
     assert inspect("pm-frontend-blue")["Id"] == live(p, "frontend")["id"]
 
+    # the live container's output (gunicorn's access log)
+    r = p.pmctl("logs", "backend", "--tail", "5")
+    assert r.returncode == 0 and "GET /api/v1/env" in r.stdout, r
+
 
 def test_bad_credentials_and_missing_tag(pmd_factory, tmp_path):
     auth = tmp_path / "config.json"
@@ -317,10 +321,12 @@ def test_corrupt_state_file_is_rebuilt_from_labels(pmd_factory):
     sections = stack(frontend=False)
     p = pmd_factory(sections)
     p.wait_healthy("backend", 60)
-    code, last, _ = swap(p, "backend", BACKEND_V2)
-    assert last["ok"] is True, last
+    r = p.pmctl("swap", "backend", BACKEND_V2)
+    assert r.returncode == 0, r
+    assert "pull" in r.stdout and BACKEND_V2 in r.stdout, r
     inst = live(p, "backend")
     assert inst["color"] == "green"
+    started = inspect(inst["id"])["State"]["StartedAt"]
     p.stop()
     state = os.path.join(p.state_dir, "state.json")
     with open(state, "w") as f:
@@ -329,6 +335,7 @@ def test_corrupt_state_file_is_rebuilt_from_labels(pmd_factory):
     q = pmd_factory(sections, name=p.dir.name, http_port=p.http_port)
     s = q.wait_healthy("backend", 30)
     assert live(q, "backend")["id"] == inst["id"]
+    assert inspect(inst["id"])["State"]["StartedAt"] == started
     assert s["image"] == BACKEND_V2 and s["color"] == "green" and s["restarts"] == 0
     assert q.get("/api/v1/version").json() == {"version": "2"}
     q.wait_log(r'state file unusable')
@@ -410,3 +417,21 @@ def test_stale_candidate_is_removed_at_start(pmd_factory):
     assert [c["id"] for c in pmd_containers()] == [blue]
     assert q.service("backend")["restarts"] == 0
     assert q.get("/api/v1/version").json() == {"version": "1"}
+
+
+def test_release_command_runs_in_a_one_off_container(pmd_factory):
+    conf = backend_conf(release_command="sh -c 'echo migrating $MIGRATE_DB; exit 4'",
+                        env="MIGRATE_DB=main")
+    p = pmd_factory(one("backend", conf))
+    p.wait_healthy("backend", 60)  # a plain start runs no release command
+    old = live(p, "backend")["id"]
+    code, last, events = swap(p, "backend", BACKEND_V2)
+    assert last["ok"] is False, last
+    assert "release command exited with code 4" in last["error"], last
+    assert any("migrating main" in line for line in last["logs"]), last
+    rel = [e for e in events if e.get("event") == "release"]
+    assert rel and rel[-1]["exit_code"] == 4, events
+    # nothing of the swap is left: no candidate, no one-off container
+    assert [c["id"] for c in pmd_containers()] == [old]
+    assert live(p, "backend")["id"] == old
+    assert p.get("/api/v1/version").json() == {"version": "1"}
