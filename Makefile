@@ -66,7 +66,8 @@ check: all
 deps:
 	@bash tests/deps.sh
 
-# pmd in the foreground on conf/demo.ini (http://127.0.0.1:8080).
+# pmd in the foreground on conf/demo.ini (http://127.0.0.1:8080,
+# https://127.0.0.1:8443 self-signed).
 demo: all
 	@PMD_BUILD=$(BUILD) bash examples/demo/run.sh
 

@@ -14,8 +14,10 @@ fi
 "$build/pmd" check -c conf/demo.ini
 
 cat <<MSG
-demo: pmd is starting on http://127.0.0.1:8080 (Ctrl-C stops it). Try:
+demo: pmd is starting on http://127.0.0.1:8080 and https://127.0.0.1:8443
+(self-signed certificate; Ctrl-C stops it). Try:
   curl -i http://127.0.0.1:8080/api/v1/health/
+  curl -ik https://127.0.0.1:8443/api/v1/hello     (HTTPS, HSTS header)
   curl http://127.0.0.1:8080/api/v1/hello
   curl http://127.0.0.1:8080/api/v1/time
   curl http://127.0.0.1:8080/env-config.js        (served by pmd itself)

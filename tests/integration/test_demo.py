@@ -1,6 +1,8 @@
 """The demo (conf/demo.ini + examples/demo) works as the README says."""
+import http.client
 import os
 import re
+import ssl
 
 import pmdtest
 
@@ -10,11 +12,12 @@ DEMO_INI = os.path.join(pmdtest.REPO, "conf", "demo.ini")
 def demo_copy(tmp_path):
     """A pmd on conf/demo.ini with its listener, state and socket moved to a
     free port and tmp_path; run from the repository root like `make demo`."""
-    port = pmdtest.free_port()
+    port, tls_port = pmdtest.free_port(), pmdtest.free_port()
     p = pmdtest.Pmd(tmp_path, config_text="", http_port=port, cwd=pmdtest.REPO)
+    p.https_port = tls_port
     text = open(DEMO_INI).read()
     subs = {"state_dir": p.state_dir, "control_socket": p.socket,
-            "http_listen": f"127.0.0.1:{port}"}
+            "http_listen": f"127.0.0.1:{port}", "https_listen": f"127.0.0.1:{tls_port}"}
     for key, value in subs.items():
         text, n = re.subn(rf"(?m)^{key}\s*=.*$", f"{key} = {value}", text)
         assert n == 1, f"{key} is not set once in {DEMO_INI}"
@@ -55,6 +58,20 @@ def test_demo_serves_api_frontend_and_env_config(tmp_path):
 
         r = p.get("/api/v1/nothing-here")
         assert r.status == 404  # the backend's answer, passed through
+
+        # HTTPS with the self-signed certificate made at start
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        c = http.client.HTTPSConnection("127.0.0.1", p.https_port, context=ctx, timeout=10)
+        c.request("GET", "/api/v1/hello")
+        r = c.getresponse()
+        assert r.status == 200 and b"hello from the backend" in r.read()
+        assert r.getheader("Strict-Transport-Security") == "max-age=31536000"
+        cert = c.sock.getpeercert(binary_form=True)
+        c.close()
+        assert cert
+        assert p.status()["tls"]["mode"] == "self-signed"
 
         st = p.pmctl("status")
         assert st.returncode == 0, st.stderr
