@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make check`: the test peers (dockerd, registry, pebble) started by
-# tests/services.sh, unit tests, integration tests, the peers stopped.
+# tests/services.sh, unit tests, integration tests, the peers stopped, then
+# the fuzz harnesses for FUZZ_SECONDS (20) each.
 # Arguments: the unit test binaries. PMD_BUILD: the build folder to test
 # (build, or build/san for `make check SANITIZE=1`).
 # PMD_TEST_SERVICES=none runs the integration tests without peers (those
@@ -48,8 +49,29 @@ if [ "$errors" -eq 0 ]; then
 	PMD_COUNTS=$tmp/integration.counts bash "$here/run-integration.sh"
 fi
 
+# The libFuzzer harnesses of tests/fuzz, FUZZ_SECONDS (20) each, when
+# clang's libFuzzer runtime is there (skipped otherwise; FUZZ_SECONDS=0
+# skips them too). A harness that does not build, crashes or breaks an
+# invariant fails the check.
+fuzz_seconds=${FUZZ_SECONDS:-20}
+if [ "$fuzz_seconds" = 0 ]; then
+	echo "0 0 1" >"$tmp/fuzz.counts"
+elif printf 'int LLVMFuzzerTestOneInput(const char *d, unsigned long n) { (void)d; (void)n; return 0; }\n' |
+	"${CLANG:-clang}" -fsanitize=fuzzer,address,undefined -x c - -o "$tmp/fuzz-probe" >/dev/null 2>&1; then
+	if make -C "$repo" --no-print-directory -s -f tests/fuzz/fuzz.mk run \
+		FUZZ_SECONDS="$fuzz_seconds" CLANG="${CLANG:-clang}"; then
+		echo "1 0 0" >"$tmp/fuzz.counts"
+	else
+		echo "check: fuzzing failed" >&2
+		echo "0 1 0" >"$tmp/fuzz.counts"
+	fi
+else
+	echo "check: no clang with libFuzzer, fuzz harnesses skipped" >&2
+	echo "0 0 1" >"$tmp/fuzz.counts"
+fi
+
 passed=0 failed=$errors skipped=0
-for c in "$tmp/unit.counts" "$tmp/integration.counts"; do
+for c in "$tmp/unit.counts" "$tmp/integration.counts" "$tmp/fuzz.counts"; do
 	[ -f "$c" ] || continue
 	read -r p f s <"$c"
 	passed=$((passed + p)) failed=$((failed + f)) skipped=$((skipped + s))
