@@ -768,8 +768,22 @@ static void fail_and_remove(struct op *op, char *err)
 	op_call(op, "DELETE", path, NULL, CALL_TIMEOUT_MS, NULL, removed_after_failure);
 }
 
+static void stale_gone(struct op *op, const struct httpc_response *res)
+{
+	(void)res; /* 200 removed, 404 already gone: the create says the rest */
+	create_call(op);
+}
+
 static void stale_removed(struct op *op, const struct httpc_response *res)
 {
+	char path[200];
+
+	if (res->status == 409) {
+		/* someone (our own removal of a dead instance) is removing it */
+		snprintf(path, sizeof(path), "/containers/%s/wait?condition=removed", op->id);
+		op_call(op, "POST", path, NULL, CALL_TIMEOUT_MS, NULL, stale_gone);
+		return;
+	}
 	if (res->status != 204 && res->status != 404) {
 		op_fail_res(op, res);
 		return;
@@ -782,6 +796,10 @@ static void stale_inspected(struct op *op, const struct httpc_response *res)
 	struct docker_container c;
 	char path[200];
 
+	if (res->status == 404) { /* gone in the meantime */
+		create_call(op);
+		return;
+	}
 	if (res->status != 200 || docker_parse_inspect(res->body, 0, &c, NULL) < 0) {
 		op_fail_res(op, res);
 		return;
@@ -792,6 +810,7 @@ static void stale_inspected(struct op *op, const struct httpc_response *res)
 		return;
 	}
 	log_info("removing stale container name=%s id=%.12s running=%d", op->name, c.id, c.running);
+	snprintf(op->id, sizeof(op->id), "%s", c.id); /* until created() sets ours */
 	snprintf(path, sizeof(path), "/containers/%s?force=true&v=false", c.id);
 	op_call(op, "DELETE", path, NULL, CALL_TIMEOUT_MS, NULL, stale_removed);
 }
@@ -1003,8 +1022,21 @@ static void docker_start(struct runtime_ctx *rt, const struct svc_conf *svc, str
 
 /* ---- stop ------------------------------------------------------------- */
 
+static void stop_gone(struct op *op, const struct httpc_response *res)
+{
+	(void)res;
+	op_finish(op);
+}
+
 static void stop_removed(struct op *op, const struct httpc_response *res)
 {
+	char path[200];
+
+	if (res->status == 409) { /* a removal is already in progress (a create's stale cleanup) */
+		snprintf(path, sizeof(path), "/containers/%s/wait?condition=removed", op->id);
+		op_call(op, "POST", path, NULL, CALL_TIMEOUT_MS, NULL, stop_gone);
+		return;
+	}
 	if (res->status != 204 && res->status != 404) {
 		op_fail_res(op, res);
 		return;

@@ -435,3 +435,26 @@ def test_release_command_runs_in_a_one_off_container(pmd_factory):
     assert [c["id"] for c in pmd_containers()] == [old]
     assert live(p, "backend")["id"] == old
     assert p.get("/api/v1/version").json() == {"version": "1"}
+
+
+def test_containers_that_died_while_pmd_was_down_are_replaced(pmd_factory):
+    """A reboot of the host: pmd and the containers all stopped (restart
+    policy no); pmd starts them again and removes the dead ones."""
+    sections = stack()
+    p = pmd_factory(sections)
+    p.wait_healthy("backend", 60)
+    p.wait_healthy("frontend", 60)
+    dead = {s: live(p, s)["id"] for s in ("backend", "frontend")}
+    p.kill9()
+    docker("kill", *dead.values())
+    seen = len(p.log_text())
+    q = pmd_factory(sections, name=p.dir.name, http_port=p.http_port)
+    for s in dead:
+        st = q.wait_healthy(s, 30)
+        assert live(q, s)["id"] != dead[s]
+        assert st["restarts"] == 0, st   # a fresh start, not a crash
+    assert "to=crashloop" not in q.log_text()[seen:]
+    assert q.get("/api/v1/version").json() == {"version": "1"}
+    assert b"pmd test frontend" in q.get("/").body
+    ids = sorted(c["id"] for c in pmd_containers())
+    assert ids == sorted(live(q, s)["id"] for s in dead)
