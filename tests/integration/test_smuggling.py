@@ -109,6 +109,8 @@ class Backend:
                 if not d:
                     break
                 conn.data += d
+        except socket.timeout:
+            return
         except OSError:
             pass
         conn.closed.set()
@@ -446,9 +448,11 @@ class FakeUpstream(Backend):
             c.sendall(resp)
             if upstream_closes:
                 c.shutdown(socket.SHUT_WR)
-            c.settimeout(5)
+            c.settimeout(10)
             while c.recv(65536):
                 pass
+        except socket.timeout:
+            return                      # pmd kept it open
         except OSError:
             pass
         conn.closed.set()
@@ -561,6 +565,72 @@ def test_bad_upstream_response(fake_pmd, rid, resp, expect, up_closes):
     conn = wait_for(lambda: up.by_id.get(rid), timeout=5, what="the request at the fake upstream")
     if not up_closes:
         assert conn.closed.wait(3), "pmd kept the upstream connection open"
+
+
+# Response splitting: an upstream that sends more than its framing says.
+# The extra bytes must never become the answer to the client's next
+# request (pmd does not reuse an upstream connection with unread bytes).
+SPLIT = b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nSMUGGLED"
+SPLIT_ROWS = [
+    ("extra-after-cl", b"GET", OK + b"Content-Length: 2\r\n\r\nok" + SPLIT),
+    ("body-after-204", b"GET", b"HTTP/1.1 204 No Content\r\nContent-Length: 8\r\n\r\n" + SPLIT),
+    ("body-after-304", b"GET", b"HTTP/1.1 304 Not Modified\r\n\r\n" + SPLIT),
+    ("body-after-head", b"HEAD", OK + b"Content-Length: 2\r\n\r\n" + SPLIT),
+    ("extra-after-chunked", b"GET", OK + b"Transfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n" + SPLIT),
+]
+
+
+class SplitUpstream(Backend):
+    """Keep-alive backend: /s/ID answers with SPLIT_ROWS[ID] (in one
+    write), /plain with "plain"."""
+
+    def serve(self, c, conn, first):
+        buf = first
+        rows = {r[0]: r[2] for r in SPLIT_ROWS}
+        try:
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    d = c.recv(65536)
+                    if not d:
+                        return
+                    buf += d
+                head, _, buf = buf.partition(b"\r\n\r\n")
+                conn.data += head + b"\r\n\r\n"
+                path = head.split(b" ", 2)[1].decode()
+                if path == "/plain":
+                    c.sendall(OK + b"Content-Length: 5\r\n\r\nplain")
+                else:
+                    c.sendall(rows[path.rsplit("/", 1)[1]])
+        except OSError:
+            pass
+        finally:
+            conn.closed.set()
+
+
+@pytest.fixture(scope="module")
+def split_pmd(tmp_path_factory):
+    up = SplitUpstream()
+    p = start_pmd(tmp_path_factory, up, "split")
+    yield p, up
+    try:
+        p.stop()
+    finally:
+        up.close()
+
+
+@pytest.mark.parametrize("rid,method,resp", SPLIT_ROWS, ids=[r[0] for r in SPLIT_ROWS])
+def test_extra_upstream_bytes_never_answer_the_next_request(split_pmd, rid, method, resp):
+    p, up = split_pmd
+    s = socket.create_connection(("127.0.0.1", p.http_port), timeout=5)
+    s.sendall(b"%s /s/%s HTTP/1.1\r\nHost: a\r\n\r\n" % (method, rid.encode()))
+    time.sleep(0.3)                      # the extra bytes are at pmd by now
+    s.sendall(b"GET /plain HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    data, how = read_to_eof(s)
+    s.close()
+    assert how == "eof", (how, data)
+    assert b"SMUGGLED" not in data, data
+    assert data.endswith(b"\r\n\r\nplain"), data
+    assert data.count(b"HTTP/1.1 ") == 2, data
 
 
 # Responses whose end the client can only see as the connection closing
