@@ -417,6 +417,10 @@ static void exit_inspected(void *arg, const struct httpc_response *res)
 
 	p->wait_req = NULL;
 	if (res->status == 200 && docker_parse_inspect(res->body, 0, &c, NULL) == 0) {
+		if (p->retry_ms > 1000)
+			log_info("docker engine reachable again service=%s id=%.12s running=%d",
+				inst->service, inst->id, c.running);
+		p->retry_ms = 1000;
 		if (c.running) {
 			watch_start(inst); /* the wait ended early: watch again */
 			return;

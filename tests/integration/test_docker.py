@@ -11,6 +11,8 @@ for ad-hoc apps (`command = sh -c '...'`)."""
 import base64
 import json
 import os
+import socket
+import threading
 import time
 
 import pytest
@@ -458,3 +460,109 @@ def test_containers_that_died_while_pmd_was_down_are_replaced(pmd_factory):
     assert b"pmd test frontend" in q.get("/").body
     ids = sorted(c["id"] for c in pmd_containers())
     assert ids == sorted(live(q, s)["id"] for s in dead)
+
+
+class EngineProxy:
+    """A unix socket that forwards to the test dockerd's, which the test
+    can take away (every connection cut, nothing listening) and bring back:
+    the engine going away and returning, as pmd sees it."""
+
+    def __init__(self, path):
+        self.path = str(path)
+        self.target = E["PMD_TEST_DOCKER_SOCKET"]
+        self.conns = []
+        self.lock = threading.Lock()
+        self.srv = None
+        self.up()
+
+    def up(self):
+        self.srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.srv.bind(self.path)
+        self.srv.listen(64)
+        threading.Thread(target=self._accept, args=(self.srv,), daemon=True).start()
+
+    def down(self):
+        srv, self.srv = self.srv, None
+        srv.shutdown(socket.SHUT_RDWR)
+        srv.close()
+        os.unlink(self.path)
+        with self.lock:
+            for c in self.conns:
+                try:
+                    c.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                c.close()
+            self.conns = []
+
+    def _accept(self, srv):
+        while True:
+            try:
+                a, _ = srv.accept()
+            except OSError:
+                return
+            b = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            b.connect(self.target)
+            with self.lock:
+                self.conns += [a, b]
+            for x, y in ((a, b), (b, a)):
+                threading.Thread(target=self._pipe, args=(x, y), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src, dst):
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self):
+        if self.srv is not None:
+            self.down()
+
+
+def test_engine_going_away_and_back(pmd_factory, tmp_path):
+    """The Docker engine restarts (here: its socket goes away for a few
+    seconds): pmd keeps routing to the container that still answers,
+    reconnects with backoff, and watches the container again."""
+    engine = EngineProxy(tmp_path / "engine.sock")
+    try:
+        sections = stack(frontend=False)
+        sections["pmd"] = {"docker_socket": engine.path}
+        p = pmd_factory(sections)
+        p.wait_healthy("backend", 60)
+        first = live(p, "backend")["id"]
+
+        engine.down()
+        p.wait_log(r'msg="docker engine unreachable, watching again" service=backend')
+        for _ in range(10):   # still served, straight from the container
+            assert p.get("/api/v1/version").json() == {"version": "1"}
+            time.sleep(0.2)
+        s = p.service("backend")
+        assert s["state"] == "running" and s["restarts"] == 0, s
+        code, last, _ = swap(p, "backend", BACKEND_V2)
+        assert last["ok"] is False and "cannot reach the Docker engine" in last["error"], last
+        assert engine.path in last["error"], last
+        p.wait_log(r'msg="docker engine unreachable, watching again" service=backend '
+                   r'id=\w+ in_ms=2000')   # backing off
+        engine.up()
+
+        # watched again: a crash after the engine came back is seen
+        p.wait_log(r'msg="docker engine reachable again" service=backend id=\w+ running=1', 10)
+        assert live(p, "backend")["id"] == first
+        docker("kill", "pm-backend-blue")
+        wait_for(lambda: p.service("backend")["restarts"] == 1, 20, interval=0.1,
+                 what="the crash seen after the engine came back")
+        p.wait_healthy("backend", 30)
+        assert live(p, "backend")["id"] != first
+        p.stop()
+    finally:
+        engine.close()
