@@ -1419,11 +1419,12 @@ static void prune_next(struct op *op)
 	op_call(op, "DELETE", path, NULL, CALL_TIMEOUT_MS, NULL, prune_removed);
 }
 
-static int kept(const struct op *op, const cJSON *tags)
+/* Does one of refs (RepoTags or RepoDigests) name an image to keep? */
+static int kept(const struct op *op, const cJSON *refs)
 {
 	const cJSON *t;
 
-	cJSON_ArrayForEach(t, tags)
+	cJSON_ArrayForEach(t, refs)
 		for (size_t i = 0; i < op->n_keep; i++)
 			if (cJSON_IsString(t) && strcmp(t->valuestring, op->keep[i]) == 0)
 				return 1;
@@ -1446,7 +1447,8 @@ static void prune_containers(struct op *op, const struct httpc_response *res)
 		const char *id = cJSON_GetStringValue(cJSON_GetObjectItem(im, "Id"));
 		int used = 0;
 
-		if (!id || !op->victims || kept(op, cJSON_GetObjectItem(im, "RepoTags")))
+		if (!id || !op->victims || kept(op, cJSON_GetObjectItem(im, "RepoTags")) ||
+		    kept(op, cJSON_GetObjectItem(im, "RepoDigests")))
 			continue;
 		cJSON_ArrayForEach(c, ctrs) {
 			const char *cid = cJSON_GetStringValue(cJSON_GetObjectItem(c, "ImageID"));

@@ -397,6 +397,23 @@ def test_keep_images_keeps_the_previous_one(pmd_factory):
     assert p.get("/api/v1/version").json() == {"version": "1"}
 
 
+def test_keep_images_counts_images_pinned_by_digest(pmd_factory):
+    docker("pull", "-q", BACKEND_V2)
+    pinned = docker("image", "inspect", "--format", "{{index .RepoDigests 0}}",
+                    BACKEND_V2).stdout.strip()
+    assert "@sha256:" in pinned
+    for img in (BACKEND, BACKEND_V2):
+        docker("rmi", "-f", img, check=False)
+    p = pmd_factory(stack(backend={"keep_images": 2}, frontend=False))
+    p.wait_healthy("backend", 60)
+    assert swap(p, "backend", pinned)[1]["ok"] is True
+    assert swap(p, "backend", BACKEND)[1]["ok"] is True
+    p.wait_log(r'msg="instance removed" service=backend color=green')
+    time.sleep(1)  # a prune would have run by now
+    assert image_present(pinned), "the previous image (by digest) was pruned"
+    assert p.get("/api/v1/version").json() == {"version": "1"}
+
+
 def test_stale_candidate_is_removed_at_start(pmd_factory):
     sections = stack(frontend=False)
     p = pmd_factory(sections)
