@@ -9,7 +9,9 @@
  * leading empty lines before the request-line (400), repeated
  * Content-Length even with identical values (400), HTTP/x.y other than
  * 1.0 and 1.1 (505, including 1.2), empty Host (400), non-token elements
- * in Connection (400), any expectation other than 100-continue (417). */
+ * in Connection (400), any expectation other than 100-continue (417),
+ * Content_Length and Transfer_Encoding in requests (400: framing headers
+ * to CGI/WSGI servers, which read '-' and '_' alike). */
 #include "http.h"
 
 #include <string.h>
@@ -431,6 +433,28 @@ static void conn_elem(void *arg, const char *tok, size_t len, bool params)
 		c->upgrade = true;
 }
 
+/* A name that is `lit` once '_' is read as '-' (and has a '_'): CGI and
+ * WSGI servers (Gunicorn) map both to '_', so "Content_Length" could frame
+ * a body there while pmd ignores it. */
+static bool underscore_alias(const char *n, size_t len, const char *lit)
+{
+	bool any = false;
+	size_t i;
+
+	for (i = 0; i < len; i++) {
+		unsigned char a = (unsigned char)n[i];
+		if (lit[i] == '\0')
+			return false;
+		if (a == '_') {
+			any = true;
+			a = '-';
+		}
+		if (lower(a) != (unsigned char)lit[i])
+			return false;
+	}
+	return any && lit[i] == '\0';
+}
+
 /* Framing headers shared by requests and responses. */
 struct framing {
 	struct te_info te;
@@ -439,6 +463,7 @@ struct framing {
 	const struct http_header *host;
 	uint64_t cl;
 	bool cl_bad, conn_bad, expect_other, expect_continue;
+	bool alias;              /* Content_Length, Transfer_Encoding */
 };
 
 static void scan_framing(const struct http_header *h, size_t n,
@@ -479,6 +504,8 @@ static void scan_framing(const struct http_header *h, size_t n,
 				if (parse_content_length(h->value, h->value_len,
 				    &f->cl) < 0)
 					f->cl_bad = true;
+			} else if (underscore_alias(h->name, 14, "content-length")) {
+				f->alias = true;
 			}
 			break;
 		case 17:
@@ -487,6 +514,8 @@ static void scan_framing(const struct http_header *h, size_t n,
 				if (list_scan(h->value, h->value_len, te_elem,
 				    &f->te) < 0)
 					f->te.bad = true;
+			} else if (underscore_alias(h->name, 17, "transfer-encoding")) {
+				f->alias = true;
 			}
 			break;
 		}
@@ -611,6 +640,8 @@ static int req_semantics(struct http_request *req, uint64_t max_body)
 		return req_fail(req, 400, "invalid Host header field");
 	if (req_target(req, &f) < 0)
 		return -1;
+	if (f.alias)
+		return req_fail(req, 400, "Content_Length or Transfer_Encoding header field");
 	if (f.n_cl > 0 && f.n_te > 0)
 		return req_fail(req, 400, "both Content-Length and Transfer-Encoding");
 	if (f.n_te > 0) {

@@ -215,6 +215,7 @@ HEAD_ROWS = [
     ("cl-over-max-body", P + b"Content-Length: %d\r\n\r\n" % (MAX_BODY + 1), 413),
     ("cl-max-uint64", P + b"Content-Length: 18446744073709551615\r\n\r\n", 413),
     ("cl-space-before-colon", P + b"Content-Length : 4\r\n\r\nabcd", 400),
+    ("cl-underscore", P + b"Content_Length: 4\r\n\r\nabcd", 400),   # WSGI reads it as CONTENT_LENGTH
     # Transfer-Encoding other than one final chunked
     ("te-unknown-gzip", P + b"Transfer-Encoding: gzip\r\n\r\n", 501),
     ("te-xchunked", P + b"Transfer-Encoding: xchunked\r\n\r\n", 501),
@@ -228,6 +229,7 @@ HEAD_ROWS = [
     ("te-chunked-param", P + b"Transfer-Encoding: chunked;q=1\r\n\r\n0\r\n\r\n", 400),
     ("te-trailing-garbage", P + b"Transfer-Encoding: chunked garbage\r\n\r\n0\r\n\r\n", 400),
     ("te-empty", P + b"Transfer-Encoding:\r\n\r\n", 400),
+    ("te-underscore", P + b"Transfer_Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
     ("te-space-before-colon", P + b"Transfer-Encoding : chunked\r\n\r\n0\r\n\r\n", 400),
     ("te-tab-before-colon", P + b"Transfer-Encoding\t: chunked\r\n\r\n0\r\n\r\n", 400),
     ("te-vertical-tab", P + b"Transfer-Encoding:\x0bchunked\r\n\r\n0\r\n\r\n", 400),

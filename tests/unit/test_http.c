@@ -45,6 +45,7 @@ static const struct req_case req_cases[] = {
 	{ "options asterisk", RAW("OPTIONS *" H11 "\r\n"), 0 },
 	{ "obs-text value", RAW("GET /" H11 "X-A: caf\xc3\xa9\r\n\r\n"), 0 },
 	{ "empty value", RAW("GET /" H11 "X-Empty:\r\n\r\n"), 0 },
+	{ "underscore in other names", RAW("GET /" H11 "X_Custom: 1\r\nContent_Type: x\r\n\r\n"), 0 },
 	{ "expect 100-continue", RAW("POST /" H11 "Expect: 100-Continue\r\nContent-Length: 1\r\n\r\n"), 0 },
 
 	/* request-line */
@@ -138,6 +139,8 @@ static const struct req_case req_cases[] = {
 	{ "TE chunked in two headers", RAW("POST /" H11 "Transfer-Encoding: chunked\r\ntransfer-encoding: chunked\r\n\r\n"), 400 },
 	{ "TE empty", RAW("POST /" H11 "Transfer-Encoding:\r\n\r\n"), 400 },
 	{ "TE only commas", RAW("POST /" H11 "Transfer-Encoding: ,,\r\n\r\n"), 400 },
+	{ "Transfer_Encoding", RAW("POST /" H11 "Transfer_Encoding: chunked\r\n\r\n"), 400 },
+	{ "Content_Length", RAW("POST /" H11 "content_length: 5\r\n\r\n"), 400 },
 	{ "TE chunked with parameter", RAW("POST /" H11 "Transfer-Encoding: chunked;q=1\r\n\r\n"), 400 },
 	{ "TE quoted", RAW("POST /" H11 "Transfer-Encoding: \"chunked\"\r\n\r\n"), 400 },
 	{ "TE chunked with junk", RAW("POST /" H11 "Transfer-Encoding: chunked x\r\n\r\n"), 400 },
