@@ -1395,13 +1395,13 @@ static void prune_next(struct op *op);
 
 static void prune_removed(struct op *op, const struct httpc_response *res)
 {
-	const char *id = op->victims[op->i_victim - 1];
+	const char *ref = op->victims[op->i_victim - 1];
 
 	if (res->status == 200)
-		log_info("image removed id=%.19s", id);
+		log_info("image removed ref=%s", log_q(ref));
 	else if (res->status != 404) {
 		char *m = res->error ? strdup(res->error) : docker_error_text(res->body, res->status);
-		log_warn("image not removed id=%.19s error=%s", id, log_q(m ? m : "failed"));
+		log_warn("image not removed ref=%s error=%s", log_q(ref), log_q(m ? m : "failed"));
 		free(m);
 	}
 	prune_next(op);
@@ -1409,7 +1409,7 @@ static void prune_removed(struct op *op, const struct httpc_response *res)
 
 static void prune_next(struct op *op)
 {
-	char path[200];
+	char path[1200];
 
 	if (op->i_victim == op->n_victims) {
 		op_finish(op);
@@ -1435,6 +1435,7 @@ static int kept(const struct op *op, const cJSON *refs)
 static void prune_containers(struct op *op, const struct httpc_response *res)
 {
 	cJSON *imgs = NULL, *ctrs = NULL, *im, *c;
+	size_t n_refs = 0, n = 0;
 
 	if (res->status != 200) {
 		op_fail_res(op, res);
@@ -1442,21 +1443,41 @@ static void prune_containers(struct op *op, const struct httpc_response *res)
 	}
 	imgs = cJSON_Parse(op->body);
 	ctrs = cJSON_Parse(res->body);
-	op->victims = calloc((size_t)cJSON_GetArraySize(imgs) + 1, sizeof(*op->victims));
+	cJSON_ArrayForEach(im, imgs)
+		n_refs += (size_t)cJSON_GetArraySize(cJSON_GetObjectItem(im, "RepoTags")) +
+			(size_t)cJSON_GetArraySize(cJSON_GetObjectItem(im, "RepoDigests"));
+	op->victims = calloc(n_refs + 1, sizeof(*op->victims));
 	cJSON_ArrayForEach(im, imgs) {
 		const char *id = cJSON_GetStringValue(cJSON_GetObjectItem(im, "Id"));
+		const char *lists[] = { "RepoTags", "RepoDigests" };
 		int used = 0;
 
-		if (!id || !op->victims || kept(op, cJSON_GetObjectItem(im, "RepoTags")) ||
-		    kept(op, cJSON_GetObjectItem(im, "RepoDigests")))
+		if (!id || !op->victims || kept(op, cJSON_GetObjectItem(im, lists[0])) ||
+		    kept(op, cJSON_GetObjectItem(im, lists[1])))
 			continue;
 		cJSON_ArrayForEach(c, ctrs) {
 			const char *cid = cJSON_GetStringValue(cJSON_GetObjectItem(c, "ImageID"));
 			used |= cid && strcmp(cid, id) == 0;
 		}
-		if (!used && (op->victims[op->n_victims] = strdup(id)))
-			op->n_victims++;
+		if (used)
+			continue;
+		/* Remove this service's names of the image (the image goes with
+		 * its last name); names in other repositories stay. */
+		for (size_t l = 0; l < 2; l++) {
+			const cJSON *r;
+
+			cJSON_ArrayForEach(r, cJSON_GetObjectItem(im, lists[l])) {
+				const char *ref = cJSON_GetStringValue(r);
+				size_t nl = strlen(op->image);
+
+				if (ref && strncmp(ref, op->image, nl) == 0 &&
+				    (ref[nl] == ':' || ref[nl] == '@') && n < n_refs &&
+				    (op->victims[n] = strdup(ref)))
+					n++;
+			}
+		}
 	}
+	op->n_victims = n;
 	cJSON_Delete(imgs);
 	cJSON_Delete(ctrs);
 	snprintf(op->what, sizeof(op->what), "docker prune %s", op->image);

@@ -381,6 +381,27 @@ def test_keep_images_prunes_older_images(pmd_factory):
     assert p.get("/api/v1/version").json() == {"version": "2"}
 
 
+def test_keep_images_removes_the_service_names_only(pmd_factory):
+    """An old image with a second tag in the service's repository goes; its
+    name in another repository stays (Docker refuses to delete such an
+    image by id)."""
+    repo = BACKEND.rsplit(":", 1)[0]
+    for img in (BACKEND, BACKEND_V2):
+        docker("rmi", "-f", img, check=False)
+    p = pmd_factory(stack(backend={"keep_images": 1}, frontend=False))
+    p.wait_healthy("backend", 60)
+    docker("tag", BACKEND, f"{repo}:1-alias")
+    docker("tag", BACKEND, "pmdtest-other:1")
+    try:
+        assert swap(p, "backend", BACKEND_V2)[1]["ok"] is True
+        wait_for(lambda: not image_present(BACKEND) and not image_present(f"{repo}:1-alias"),
+                 20, what="the old image's names in the service's repository removed")
+        assert image_present("pmdtest-other:1")
+        assert "image not removed" not in p.log_text()
+    finally:
+        docker("rmi", "pmdtest-other:1", check=False)
+
+
 def test_keep_images_keeps_the_previous_one(pmd_factory):
     for img in (BACKEND, BACKEND_V2):
         docker("rmi", "-f", img, check=False)
