@@ -1562,3 +1562,21 @@ const struct svc_conf *config_service(const struct pmd_config *c, const char *na
 			return &c->services[i];
 	return NULL;
 }
+
+uint64_t config_max_drain_ms(const struct pmd_config *c)
+{
+	uint64_t ms = 0;
+	for (size_t i = 0; i < c->n_services; i++)
+		if (c->services[i].drain_timeout_ms > ms)
+			ms = c->services[i].drain_timeout_ms;
+	return c->n_services ? ms : 30000;
+}
+
+uint64_t config_max_stop_ms(const struct pmd_config *c)
+{
+	uint64_t ms = 0;
+	for (size_t i = 0; i < c->n_services; i++)
+		if (c->services[i].stop_timeout_ms > ms)
+			ms = c->services[i].stop_timeout_ms;
+	return ms;
+}

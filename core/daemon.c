@@ -101,15 +101,6 @@ static int fill_routes(const struct pmd_config *cfg, struct snapshot *s)
 	return 0;
 }
 
-static uint64_t max_drain_ms(const struct pmd_config *cfg)
-{
-	uint64_t ms = 0;
-	for (size_t i = 0; i < cfg->n_services; i++)
-		if (cfg->services[i].drain_timeout_ms > ms)
-			ms = cfg->services[i].drain_timeout_ms;
-	return cfg->n_services ? ms : 30000;
-}
-
 static void fill_settings(const struct pmd_config *cfg, struct proxy_settings *ps)
 {
 	ps->redirect_https = cfg->redirect_https && cfg->tls_mode != TLS_OFF;
@@ -122,7 +113,7 @@ static void fill_settings(const struct pmd_config *cfg, struct proxy_settings *p
 	ps->upstream_connect_timeout_ms = cfg->upstream_connect_timeout_ms;
 	ps->upstream_response_timeout_ms = cfg->upstream_response_timeout_ms;
 	ps->hold_timeout_ms = cfg->hold_timeout_ms;
-	ps->drain_timeout_ms = max_drain_ms(cfg);
+	ps->drain_timeout_ms = config_max_drain_ms(cfg);
 	ps->access_log = cfg->access_log;
 	ps->log_json = cfg->log_format; /* LOG_JSON == 1 */
 }

@@ -102,17 +102,6 @@ static void set_deadline(struct timespec *t, uint64_t ms)
 	}
 }
 
-static uint64_t max_service_ms(const struct pmd_config *cfg, int drain)
-{
-	uint64_t ms = 0;
-	for (size_t i = 0; i < cfg->n_services; i++) {
-		uint64_t v = drain ? cfg->services[i].drain_timeout_ms : cfg->services[i].stop_timeout_ms;
-		if (v > ms)
-			ms = v;
-	}
-	return ms;
-}
-
 /* Graceful stop, a two-phase state machine driven by one 50 ms timer:
  * STOP_DRAIN waits for in-flight requests (or the drain deadline), then the
  * supervisor stops its processes and STOP_CHILDREN waits for them (or their
@@ -133,7 +122,7 @@ static void on_stop_tick(evutil_socket_t fd, short what, void *arg)
 			log_warn("drain timeout reached, closing in-flight requests inflight=%ld", inflight);
 		rc->phase = STOP_CHILDREN;
 		supervisor_shutdown(rc->d.sup);
-		set_deadline(&rc->deadline, max_service_ms(rc->d.cfg, 0) + 1000);
+		set_deadline(&rc->deadline, config_max_stop_ms(rc->d.cfg) + 1000);
 	}
 	int pending = supervisor_pending(rc->d.sup);
 	if (pending > 0 && ms_until(&rc->deadline) > 0) {
@@ -156,7 +145,7 @@ static void on_stop_signal(evutil_socket_t sig, short what, void *arg)
 	}
 	rc->d.stopping = 1;
 	sdnotify("STOPPING=1");
-	uint64_t drain_ms = rc->d.cfg->n_services ? max_service_ms(rc->d.cfg, 1) : 30000;
+	uint64_t drain_ms = config_max_drain_ms(rc->d.cfg);
 	log_info("stopping: no new connections, finishing in-flight requests signal=%d drain_timeout_ms=%llu",
 		(int)sig, (unsigned long long)drain_ms);
 	proxy_stop_accepting(rc->d.proxy);

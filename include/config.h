@@ -125,6 +125,10 @@ void config_free(struct pmd_config *c);
 void config_keys_dump(FILE *f);
 
 const struct svc_conf *config_service(const struct pmd_config *c, const char *name);
+/* The longest drain_timeout of any service (30 s without services), and the
+ * longest stop_timeout: how long a graceful stop may take. */
+uint64_t config_max_drain_ms(const struct pmd_config *c);
+uint64_t config_max_stop_ms(const struct pmd_config *c);
 
 /* Strict value parsers shared with the control API ("30s", "1.5m" is
  * refused; units ms s m h d). 0 or -1. */
