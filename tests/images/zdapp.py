@@ -12,7 +12,8 @@ anything else            {"version", "path"}
 
 APP_CRASH=1: exit 3 at start, before listening. `zdapp.py release` is the
 release command: sleeps APP_RELEASE_SLEEP seconds, exits APP_RELEASE_EXIT.
-SIGTERM: stop listening, let requests in progress finish (up to 5 s), exit 0.
+SIGTERM: stop listening, let requests in progress finish (up to 5 s; idle
+keep-alive connections do not wait), exit 0.
 """
 import base64
 import hashlib
@@ -28,6 +29,8 @@ import time
 import urllib.parse
 
 VERSION = os.environ.get("APP_VERSION", "0")
+BUSY = [0]                       # requests being answered (not idle keep-alive)
+BUSY_LOCK = threading.Lock()
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
@@ -66,6 +69,19 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 self.rfile.readline()
         n = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(n) if n else b""
+
+    def handle_one_request(self):
+        # Counted from the first byte of a request head to the end of its answer.
+        if not self.rfile.peek(1):
+            self.close_connection = True
+            return
+        with BUSY_LOCK:
+            BUSY[0] += 1
+        try:
+            super().handle_one_request()
+        finally:
+            with BUSY_LOCK:
+                BUSY[0] -= 1
 
     def do_GET(self):
         url = urllib.parse.urlsplit(self.path)
@@ -133,6 +149,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
 class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
     daemon_threads = True
     block_on_close = False
+    request_queue_size = int(os.environ.get("APP_BACKLOG", "2048"))  # gunicorn's default
 
 
 def main():
@@ -150,9 +167,10 @@ def main():
     print(f"app {VERSION}: listening on {srv.server_address}", flush=True)
     srv.serve_forever(poll_interval=0.1)
     srv.server_close()
-    # Requests in progress run on daemon threads: give them a moment.
+    # Requests in progress run on daemon threads: let them finish (idle
+    # keep-alive connections do not count).
     deadline = time.monotonic() + 5
-    while threading.active_count() > 1 and time.monotonic() < deadline:
+    while BUSY[0] > 0 and time.monotonic() < deadline:
         time.sleep(0.05)
     print(f"app {VERSION}: stopped", flush=True)
 

@@ -159,15 +159,16 @@ def zd_pmd(tmp_path_factory):
 
 
 def swap_under_load(pmd, name, method, path, body, before, after, ok,
-                    fe_before=None, fe_after=None):
+                    fe_before=None, fe_after=None, websocket=True):
     """Run the load, make the control request, keep the load a while after it,
     check: the request's result, zero failures, who serves afterwards, the
     stream. Returns (events, load)."""
     allowed = {before, after} if ok else {before}
     fe_allowed = ({fe_before, fe_after} if ok else {fe_before}) if fe_before else None
-    load = Load(pmd.http_port, allowed, frontend_versions=fe_allowed, stream=STREAM).start()
+    load = Load(pmd.http_port, allowed, frontend_versions=fe_allowed, stream=STREAM,
+                keepalive=6, fresh=6, websocket=websocket).start()
     try:
-        pmdtest.wait_for(lambda: load.ok >= 20 and load.ws_echoes, 20,
+        pmdtest.wait_for(lambda: load.ok >= 20 and (load.ws_echoes or not websocket), 20,
                          what="the load to get answers")
         status, events = control_events(pmd, method, path, body)
         t_done = time.monotonic()
@@ -266,9 +267,16 @@ def test_e_missing_tag(zd_pmd):
 
 
 def test_f_rollback(zd_pmd):
+    """Without a WebSocket the drain ends when the old instance's last
+    request (the stream) ends, before drain_timeout."""
     assert zd_pmd.service("api")["previous_image"] == zd(1)
-    swap_under_load(zd_pmd, "(f) rollback", "POST", "/services/api/rollback", None,
-                    "2", "1", True)
+    events, load = swap_under_load(zd_pmd, "(f) rollback", "POST", "/services/api/rollback",
+                                   None, "2", "1", True, websocket=False)
+    switch = first(events, "switch")["_t"]
+    drained = [e["_t"] for e in events if e.get("event") == "drain" and e["inflight"] == 0]
+    assert drained, events
+    assert load.stream_result["t_end"] - 0.2 < drained[0] < switch + DRAIN_S - 1, \
+        (load.stream_result, events)
     check_live(zd_pmd, "api", zd(1), "1")
     assert zd_pmd.service("api")["previous_image"] == zd(2)
 
