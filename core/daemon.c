@@ -89,12 +89,13 @@ static int fill_routes(const struct pmd_config *cfg, struct snapshot *s)
 	for (size_t i = 0; i < cfg->n_routes; i++) {
 		const struct route_conf *rc = &cfg->routes[i];
 		struct snap_route *r = &s->routes[i];
+		r->name = xstrdup_or_null(rc->name);
 		r->prefix = strdup(rc->prefix);
 		r->prefix_len = strlen(rc->prefix);
 		r->host = xstrdup_or_null(rc->host);
 		r->service = rc->svc_index;
 		s->n_routes++;
-		if (!r->prefix || (rc->host[0] && !r->host))
+		if (!r->prefix || (rc->host[0] && !r->host) || (rc->name && rc->name[0] && !r->name))
 			return -1;
 	}
 	qsort(s->routes, s->n_routes, sizeof(*s->routes), route_cmp);

@@ -121,6 +121,7 @@ struct snapshot *snapshot_new(void)
 static void snapshot_destroy(struct snapshot *s)
 {
 	for (size_t i = 0; i < s->n_routes; i++) {
+		free(s->routes[i].name);
 		free(s->routes[i].prefix);
 		free(s->routes[i].host);
 	}

@@ -35,4 +35,24 @@ struct proxy_stats {
 };
 void proxy_get_stats(struct proxy *p, struct proxy_stats *out);
 
+/* Requests of one route, summed over the workers. Routes are told apart by
+ * their config name; PROXY_ROUTE_NONE ("-") collects the requests no route
+ * answered (static files, ACME challenges, redirects, 404s, requests
+ * refused before routing). A request that ended without an answer (the
+ * client went away) counts as 4xx (499 in the access log). */
+#define PROXY_ROUTE_NONE "-"
+#define PROXY_DURATION_BUCKETS 12    /* the last one is +Inf */
+/* Upper bounds of the duration buckets in seconds (all but +Inf). */
+extern const double proxy_duration_bounds[PROXY_DURATION_BUCKETS - 1];
+struct proxy_route_stats {
+	char name[64];
+	uint64_t requests[6];        /* [1]..[5] = 1xx..5xx */
+	uint64_t duration[PROXY_DURATION_BUCKETS];  /* per bucket, not cumulative */
+	uint64_t duration_count;
+	double duration_sum;         /* seconds */
+};
+/* Every route seen so far, in first-seen order: a malloc'd array (caller
+ * frees) with *n entries; NULL (and *n = 0) when out of memory or p NULL. */
+struct proxy_route_stats *proxy_get_route_stats(struct proxy *p, size_t *n);
+
 #endif

@@ -46,6 +46,7 @@ struct snap_service {
 };
 
 struct snap_route {
+	char *name;              /* [route NAME] (metrics label); NULL = unnamed */
 	char *prefix;
 	size_t prefix_len;
 	char *host;              /* NULL = any host */

@@ -92,8 +92,9 @@ struct conn {
 	bool close_after, client_eof, client_paused, up_paused;
 	bool up_reusable;              /* the upstream may serve another request */
 	int status;
+	int rslot;                     /* route counter slot of the request */
 	uint32_t head_len;
-	uint64_t start_ms, last_ms, act_ms;
+	uint64_t start_us, last_ms, act_ms;
 	uint64_t bytes_in, bytes_out;
 	struct body rq, rs;
 	char method[16];
@@ -105,6 +106,7 @@ struct conn {
 static void conn_free(struct conn *c);
 static void conn_try_head(struct conn *c);
 static void conn_finish_request(struct conn *c);
+static void conn_begin_error_request(struct conn *c, size_t bytes_in);
 static void client_read(struct io *io, void *arg);
 static void up_read(struct io *io, void *arg);
 static void up_write(struct io *io, void *arg);
@@ -286,8 +288,8 @@ static void conn_log(struct conn *c, const struct proxy_settings *ps)
 		return;
 	char line[768];
 	struct wb b = { line, 0, sizeof(line), false };
-	uint64_t now = worker_now_ms(c->w);
-	uint64_t dur = now >= c->start_ms ? now - c->start_ms : 0;
+	uint64_t now = worker_now_us(c->w);
+	uint64_t dur = (now >= c->start_us ? now - c->start_us : 0) / 1000;
 	const char *ts = worker_timestamp(c->w);
 	const char *upname = c->be ? c->be->addr_text : "-";
 	size_t tlen = strlen(c->target);
@@ -584,6 +586,8 @@ static void conn_finish_request(struct conn *c)
 	STAT_ADD(w, bytes_out, c->bytes_out);
 	if (c->status == 0)
 		c->status = 499;         /* client went away before an answer */
+	uint64_t now = worker_now_us(w);
+	worker_count_request(w, c->rslot, c->status, now >= c->start_us ? now - c->start_us : 0);
 	conn_log(c, ps);
 	if (c->be) {
 		atomic_fetch_sub_explicit(&c->be->inflight, 1, memory_order_relaxed);
@@ -1103,7 +1107,8 @@ static void conn_request(struct conn *c, const struct http_request *req)
 		worker_refresh_snapshot(w);
 		STAT_ADD(w, requests_total, 1);
 		c->req_active = true;
-		c->start_ms = worker_now_ms(w);
+		c->start_us = worker_now_us(w);
+		c->rslot = 0;
 		c->bytes_in = c->head_len;
 		c->bytes_out = 0;
 		c->status = 0;
@@ -1163,6 +1168,7 @@ static void conn_request(struct conn *c, const struct http_request *req)
 		conn_local(c, 404, NULL, NULL, body, sizeof(body) - 1, false);
 		return;
 	}
+	c->rslot = worker_route_slot(w, (size_t)(rt - s->routes));
 	const struct snap_service *svc = &s->services[rt->service];
 	struct backend *be = pick_backend(w, svc);
 	if (!be) {
@@ -1194,20 +1200,7 @@ static void conn_try_head(struct conn *c)
 		if (r == -2 && n <= maxh)
 			break;
 		if (r <= 0) {
-			if (!c->resumed) {
-				STAT_ADD(w, requests_total, 1);
-				c->req_active = true;
-				c->start_ms = worker_now_ms(w);
-				c->bytes_in = len;
-				c->bytes_out = 0;
-				snprintf(c->method, sizeof(c->method), "-");
-				snprintf(c->target, sizeof(c->target), "-");
-				rid_generate(w, c->rid);
-			}
-			c->keep_alive = false;
-			c->is_head = false;
-			c->minor0 = false;
-			body_init(&c->rq, HTTP_BODY_NONE, 0, 0, false);
+			conn_begin_error_request(c, len);
 			held_unlink(c);
 			int st = r == -2 ? 431 : w->req.status ? w->req.status : 400;
 			conn_error(c, st, r == -2 ? "request head too large"
@@ -1633,7 +1626,8 @@ static void conn_begin_error_request(struct conn *c, size_t bytes_in)
 	if (!c->req_active) {
 		STAT_ADD(c->w, requests_total, 1);
 		c->req_active = true;
-		c->start_ms = worker_now_ms(c->w);
+		c->start_us = worker_now_us(c->w);
+		c->rslot = 0;
 		c->bytes_in = bytes_in;
 		c->bytes_out = 0;
 		snprintf(c->method, sizeof(c->method), "-");

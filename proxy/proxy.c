@@ -53,6 +53,43 @@ const struct proxy_settings *worker_settings(struct worker *w)
 	return w->snap ? &w->snap->ps : &w->p->defaults;
 }
 
+/* The counter slot of route name `name`, added when new; 0 (PROXY_ROUTE_NONE)
+ * when unnamed or when every slot is taken. */
+static int rslot_find(struct worker *w, const char *name)
+{
+	size_t n = atomic_load_explicit(&w->n_rs, memory_order_relaxed);
+	if (!name || !name[0] || !w->rs)
+		return 0;
+	for (size_t i = 1; i < n; i++)
+		if (strcmp(w->rs[i].name, name) == 0)
+			return (int)i;
+	if (n >= RSLOTS)
+		return 0;
+	snprintf(w->rs[n].name, sizeof(w->rs[n].name), "%s", name);
+	atomic_store_explicit(&w->n_rs, n + 1, memory_order_release);
+	return (int)n;
+}
+
+/* Map the routes of the worker's snapshot to counter slots (on a snapshot
+ * change only; requests then index route_slot directly). */
+static void rslot_map(struct worker *w)
+{
+	const struct snapshot *s = w->snap;
+	if (s->n_routes > w->cap_route_slot) {
+		int *np = realloc(w->route_slot, s->n_routes * sizeof(*np));
+		if (!np) {
+			free(w->route_slot);
+			w->route_slot = NULL;
+			w->cap_route_slot = 0;
+			return;
+		}
+		w->route_slot = np;
+		w->cap_route_slot = s->n_routes;
+	}
+	for (size_t i = 0; i < s->n_routes; i++)
+		w->route_slot[i] = rslot_find(w, s->routes[i].name);
+}
+
 void worker_refresh_snapshot(struct worker *w)
 {
 	if (snapshot_generation() == w->gen && w->snap)
@@ -63,13 +100,44 @@ void worker_refresh_snapshot(struct worker *w)
 	snapshot_release(w->snap);
 	w->snap = s;
 	w->gen = s->generation;
+	rslot_map(w);
+}
+
+int worker_route_slot(struct worker *w, size_t route)
+{
+	return w->snap && route < w->snap->n_routes && route < w->cap_route_slot
+		? w->route_slot[route] : 0;
+}
+
+const double proxy_duration_bounds[PROXY_DURATION_BUCKETS - 1] = {
+	0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10 };
+static const uint64_t bounds_us[PROXY_DURATION_BUCKETS - 1] = {
+	5000, 10000, 25000, 50000, 100000, 250000, 500000, 1000000, 2500000, 5000000, 10000000 };
+
+void worker_count_request(struct worker *w, int slot, int status, uint64_t dur_us)
+{
+	if (!w->rs)
+		return;
+	struct rstat *r = &w->rs[slot];
+	int b = 0;
+	while (b < PROXY_DURATION_BUCKETS - 1 && dur_us > bounds_us[b])
+		b++;
+	if (status >= 100 && status < 600)
+		RSTAT_ADD(r, codes[status / 100], 1);
+	RSTAT_ADD(r, le[b], 1);
+	RSTAT_ADD(r, sum_us, dur_us);
+}
+
+uint64_t worker_now_us(struct worker *w)
+{
+	struct timeval tv;
+	event_base_gettimeofday_cached(w->base, &tv);
+	return (uint64_t)tv.tv_sec * 1000000 + (uint64_t)tv.tv_usec;
 }
 
 uint64_t worker_now_ms(struct worker *w)
 {
-	struct timeval tv;
-	event_base_gettimeofday_cached(w->base, &tv);
-	return (uint64_t)tv.tv_sec * 1000 + (uint64_t)tv.tv_usec / 1000;
+	return worker_now_us(w) / 1000;
 }
 
 const struct timeval *worker_tv(struct worker *w, uint64_t ms)
@@ -433,10 +501,13 @@ static int worker_setup(struct worker *w, char **errp)
 	    !(w->ev_cap = event_new(w->base, -1, 0, on_cap, w)) ||
 	    !(w->ev_tick = event_new(w->base, -1, EV_PERSIST, on_tick, w)) ||
 	    !(w->ev_log = evtimer_new(w->base, on_log_timer, w)) ||
-	    !(w->logbuf = malloc(LOGBUF_SIZE))) {
+	    !(w->logbuf = malloc(LOGBUF_SIZE)) ||
+	    !(w->rs = calloc(RSLOTS, sizeof(*w->rs)))) {
 		*errp = xasprintf("proxy worker %d: cannot create its event loop", w->idx);
 		return -1;
 	}
+	snprintf(w->rs[0].name, sizeof(w->rs[0].name), "%s", PROXY_ROUTE_NONE);
+	atomic_store_explicit(&w->n_rs, 1, memory_order_release);
 	struct timeval tick = { 1, 0 };
 	evtimer_add(w->ev_tick, &tick);
 	for (size_t i = 0; i < w->n_ls; i++) {
@@ -519,6 +590,39 @@ void proxy_get_stats(struct proxy *p, struct proxy_stats *out)
 #undef SUM
 }
 
+struct proxy_route_stats *proxy_get_route_stats(struct proxy *p, size_t *np)
+{
+	struct proxy_route_stats *out = NULL;
+	size_t n = 0;
+	*np = 0;
+	if (!p || !(out = calloc((size_t)p->nw * RSLOTS, sizeof(*out))))
+		return NULL;
+#define LD(x) atomic_load_explicit(&(x), memory_order_relaxed)
+	for (int i = 0; i < p->nw; i++) {
+		struct worker *w = &p->w[i];
+		size_t nrs = w->rs ? atomic_load_explicit(&w->n_rs, memory_order_acquire) : 0;
+		for (size_t k = 0; k < nrs; k++) {
+			const struct rstat *r = &w->rs[k];
+			size_t j = 0;
+			while (j < n && strcmp(out[j].name, r->name) != 0)
+				j++;
+			if (j == n)
+				snprintf(out[n++].name, sizeof(out[j].name), "%s", r->name);
+			for (int c = 0; c < 6; c++)
+				out[j].requests[c] += LD(r->codes[c]);
+			for (int b = 0; b < PROXY_DURATION_BUCKETS; b++) {
+				uint64_t v = LD(r->le[b]);
+				out[j].duration[b] += v;
+				out[j].duration_count += v;
+			}
+			out[j].duration_sum += (double)LD(r->sum_us) / 1e6;
+		}
+	}
+#undef LD
+	*np = n;
+	return out;
+}
+
 static void worker_free(struct worker *w)
 {
 	if (w->base)
@@ -539,6 +643,8 @@ static void worker_free(struct worker *w)
 	if (w->base)
 		event_base_free(w->base);
 	free(w->logbuf);
+	free(w->rs);
+	free(w->route_slot);
 	snapshot_release(w->snap);
 }
 

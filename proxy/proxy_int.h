@@ -28,6 +28,20 @@ struct wstats {
 	_Atomic long inflight;           /* requests and tunnels in progress */
 };
 
+/* Per-worker, per-route request counters (same single-writer rule).
+ * Slot 0 is PROXY_ROUTE_NONE; a slot's name is written before n_rs is
+ * raised past it (release), so readers see only complete names. */
+#define RSLOTS 64
+struct rstat {
+	char name[64];
+	_Atomic uint64_t codes[6];
+	_Atomic uint64_t le[PROXY_DURATION_BUCKETS];
+	_Atomic uint64_t sum_us;
+};
+
+#define RSTAT_ADD(r, field, n) atomic_store_explicit(&(r)->field, \
+	atomic_load_explicit(&(r)->field, memory_order_relaxed) + (n), memory_order_relaxed)
+
 #define STAT_ADD(w, field, n) atomic_store_explicit(&(w)->st.field, \
 	atomic_load_explicit(&(w)->st.field, memory_order_relaxed) + (n), memory_order_relaxed)
 
@@ -119,6 +133,10 @@ struct worker {
 	struct pool *pools;
 	size_t n_pools, cap_pools;
 	struct wstats st;
+	struct rstat *rs;                /* RSLOTS route counters */
+	_Atomic size_t n_rs;
+	int *route_slot;                 /* snap->routes[i] -> rs index */
+	size_t cap_route_slot;
 	uint64_t rng;                    /* xorshift64 state */
 	unsigned rr;                     /* round-robin start for backend choice */
 	bool stopping;                   /* stop accepting was requested */
@@ -154,6 +172,11 @@ struct proxy {
 const struct proxy_settings *worker_settings(struct worker *w);
 void worker_refresh_snapshot(struct worker *w);
 uint64_t worker_now_ms(struct worker *w);
+uint64_t worker_now_us(struct worker *w);
+/* Counter slot of w->snap->routes[route]. */
+int worker_route_slot(struct worker *w, size_t route);
+/* Count one finished request of route slot `slot` (see struct rstat). */
+void worker_count_request(struct worker *w, int slot, int status, uint64_t dur_us);
 /* A common-timeout timeval for `ms` on this worker's base (O(1) timers). */
 const struct timeval *worker_tv(struct worker *w, uint64_t ms);
 uint64_t worker_random(struct worker *w);

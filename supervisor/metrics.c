@@ -4,6 +4,8 @@
 
 #include <inttypes.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 #include <event2/buffer.h>
@@ -24,6 +26,60 @@ static void counter(struct evbuffer *out, const char *name, const char *help, ui
 	evbuffer_add_printf(out, "%s %" PRIu64 "\n", name, v);
 }
 
+/* A label value escaped per the text format (backslash, quote, newline). */
+static void label_escape(char *dst, size_t cap, const char *s)
+{
+	size_t k = 0;
+	for (; *s && k + 3 < cap; s++) {
+		if (*s == '\\' || *s == '"' || *s == '\n') {
+			dst[k++] = '\\';
+			dst[k++] = *s == '\n' ? 'n' : *s;
+		} else {
+			dst[k++] = *s;
+		}
+	}
+	dst[k] = '\0';
+}
+
+static void route_metrics(struct proxy *p, struct evbuffer *out)
+{
+	size_t n = 0;
+	struct proxy_route_stats *rs = proxy_get_route_stats(p, &n);
+
+	for (size_t i = 0; i < n; i++) {
+		char esc[sizeof(rs[i].name)];
+		label_escape(esc, sizeof(esc), rs[i].name);
+		memcpy(rs[i].name, esc, sizeof(esc));
+	}
+
+	family(out, "pmd_http_requests_total", "counter",
+		"Requests by route and status class (route \"-\": answered without a route; "
+		"a client gone before the answer counts as 4xx).");
+	for (size_t i = 0; i < n; i++)
+		for (int c = 1; c <= 5; c++)
+			evbuffer_add_printf(out, "pmd_http_requests_total{route=\"%s\",code=\"%dxx\"} %" PRIu64 "\n",
+				rs[i].name, c, rs[i].requests[c]);
+	family(out, "pmd_http_request_duration_seconds", "histogram",
+		"Time from the request head to the end of the answer, by route.");
+	for (size_t i = 0; i < n; i++) {
+		uint64_t cum = 0;
+		for (int b = 0; b < PROXY_DURATION_BUCKETS; b++) {
+			cum += rs[i].duration[b];
+			if (b < PROXY_DURATION_BUCKETS - 1)
+				evbuffer_add_printf(out, "pmd_http_request_duration_seconds_bucket{route=\"%s\",le=\"%g\"} %" PRIu64 "\n",
+					rs[i].name, proxy_duration_bounds[b], cum);
+			else
+				evbuffer_add_printf(out, "pmd_http_request_duration_seconds_bucket{route=\"%s\",le=\"+Inf\"} %" PRIu64 "\n",
+					rs[i].name, cum);
+		}
+		evbuffer_add_printf(out, "pmd_http_request_duration_seconds_sum{route=\"%s\"} %.6f\n",
+			rs[i].name, rs[i].duration_sum);
+		evbuffer_add_printf(out, "pmd_http_request_duration_seconds_count{route=\"%s\"} %" PRIu64 "\n",
+			rs[i].name, rs[i].duration_count);
+	}
+	free(rs);
+}
+
 static void proxy_metrics(struct proxy *p, struct evbuffer *out)
 {
 	struct proxy_stats st;
@@ -32,7 +88,10 @@ static void proxy_metrics(struct proxy *p, struct evbuffer *out)
 	family(out, "pmd_proxy_connections", "gauge", "Client connections open now.");
 	evbuffer_add_printf(out, "pmd_proxy_connections %" PRIu64 "\n", st.connections);
 	counter(out, "pmd_proxy_connections_total", "Client connections accepted.", st.connections_total);
-	counter(out, "pmd_http_requests_total", "Requests received by the proxy.", st.requests_total);
+	route_metrics(p, out);
+	family(out, "pmd_http_requests_in_flight", "gauge",
+		"Requests (and WebSocket tunnels) being proxied to an instance now.");
+	evbuffer_add_printf(out, "pmd_http_requests_in_flight %ld\n", proxy_inflight(p));
 	family(out, "pmd_http_responses_total", "counter", "Responses sent by the proxy, by status class.");
 	for (int i = 1; i <= 5; i++)
 		evbuffer_add_printf(out, "pmd_http_responses_total{code=\"%dxx\"} %" PRIu64 "\n", i,
