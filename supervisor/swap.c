@@ -262,17 +262,34 @@ static void drain_poll(struct swap *w)
 		emit(w, ev);
 		w->last_inflight = n;
 	}
-	if (n > 0 && elapsed_ms(&w->drain_t0) < (long)drain_timeout(w)) {
+	int timed_out = elapsed_ms(&w->drain_t0) >= (long)drain_timeout(w);
+	if (n > 0 && !timed_out) {
 		arm_ms(w->tick, DRAIN_POLL_MS);
 		return;
 	}
-	if (n > 0)
+	if (n > 0) {
+		/* end of the drain: WebSockets and streams get their close
+		 * (1012) rather than a cut */
 		log_warn("drain timeout, stopping with requests in flight inflight=%ld", n);
-	for (size_t i = 0; i < w->n; i++)
-		if (w->items[i].old != NULL && w->items[i].old->be != NULL)
-			atomic_store(&w->items[i].old->be->close_tunnels, 1);
+		for (size_t i = 0; i < w->n; i++)
+			if (w->items[i].old != NULL && w->items[i].old->be != NULL)
+				atomic_store(&w->items[i].old->be->close_tunnels, 1);
+	}
 	w->phase = SWP_GRACE;
 	arm_ms(w->tick, TUNNEL_GRACE_MS);
+}
+
+/* After the grace: stop the old instances, unless a request that picked
+ * one from a snapshot read just before the switch is still running (then
+ * drain on, within drain_timeout). */
+static void grace_over(struct swap *w)
+{
+	if (old_inflight(w) > 0 && elapsed_ms(&w->drain_t0) < (long)drain_timeout(w)) {
+		w->phase = SWP_DRAIN;
+		drain_poll(w);
+		return;
+	}
+	stop_old(w);
 }
 
 static void switch_all(struct swap *w)
@@ -299,7 +316,9 @@ static void switch_all(struct swap *w)
 	w->phase = SWP_DRAIN;
 	w->last_inflight = -1;
 	clock_gettime(CLOCK_MONOTONIC, &w->drain_t0);
-	drain_poll(w);
+	/* first look after one poll period: a worker that read the previous
+	 * snapshot just before the publish has counted its request by then */
+	arm_ms(w->tick, DRAIN_POLL_MS);
 }
 
 static void tick_cb(evutil_socket_t fd, short what, void *arg)
@@ -318,7 +337,7 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
 		drain_poll(w);
 		break;
 	case SWP_GRACE:
-		stop_old(w);
+		grace_over(w);
 		break;
 	case SWP_GATE:
 	case SWP_STOP:
