@@ -3,7 +3,16 @@
  * Why not bufferevent_socket for plain TCP: it asks the kernel how much is
  * readable (ioctl FIONREAD) before every read and arms EV_WRITE
  * (epoll_ctl) for every response, then disarms it: four syscalls per
- * request that a speculative write and a fixed-size read avoid. */
+ * request that a speculative write and a fixed-size read avoid.
+ *
+ * TLS runs on the same events with SSL_read/SSL_write on the fd (no
+ * bufferevent_openssl: it adds a BIO pair or filter layer, a copy and
+ * extra callbacks per record). OpenSSL may need the other direction to
+ * make progress: SSL_read can ask for a write (key update) and SSL_write
+ * for a read; `rd_wants_wr` / `wr_wants_rd` record that, and the event of
+ * that direction retries the blocked operation. Records a read left inside
+ * OpenSSL (SSL_has_pending) are not announced by the fd: the read event is
+ * activated by hand. */
 #include <errno.h>
 #include <stdlib.h>
 #include <sys/socket.h>
@@ -11,12 +20,14 @@
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
-#include <event2/bufferevent_ssl.h>
+#include <openssl/err.h>
 #include <openssl/ssl.h>
 
 #include "proxy_int.h"
 
 #define READ_SIZE 16384
+#define TLS_RECORD 16384           /* plaintext per SSL_write (one record) */
+#define TLS_READ_BATCH (4 * READ_SIZE) /* per read event, then let others run */
 
 static void dirty_unlink(struct io *io)
 {
@@ -51,24 +62,99 @@ static void out_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, vo
 		dirty_push(arg);
 }
 
+static bool rd_wanted(const struct io *io)
+{
+	if (io->ssl && (!io->hs_done || io->wr_wants_rd))
+		return !io->eof;
+	return io->rd_on && !io->eof && !io->connecting &&
+		!(io->rd_high && evbuffer_get_length(io->in) >= io->rd_high);
+}
+
+static void rd_arm(struct io *io);
+
+/* Input consumed: reading paused at the high watermark may go on. */
+static void in_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
+{
+	(void)buf;
+	struct io *io = arg;
+	if (info->n_deleted && !io->rd_added && io->open)
+		rd_arm(io);
+}
+
 static void rd_arm(struct io *io)
 {
-	bool want = io->rd_on && !io->eof && !io->connecting &&
-		!(io->rd_high && evbuffer_get_length(io->in) >= io->rd_high);
-	if (want && !io->rd_added)
+	bool want = rd_wanted(io);
+	if (want && !io->rd_added) {
 		event_add(&io->rev, NULL);
-	else if (!want && io->rd_added)
+		/* bytes OpenSSL holds, or an end seen behind data: no fd event */
+		if (io->ssl && (io->rd_again || io->pend_end || SSL_has_pending(io->ssl)))
+			event_active(&io->rev, EV_READ, 1);
+	} else if (!want && io->rd_added) {
 		event_del(&io->rev);
+	}
 	io->rd_added = want;
 }
 
 static void wr_arm(struct io *io, bool want)
 {
+	want = want || io->rd_wants_wr;
 	if (want && !io->wr_added)
 		event_add(&io->wev, NULL);
 	else if (!want && io->wr_added)
 		event_del(&io->wev);
 	io->wr_added = want;
+}
+
+/* SSL_write what is queued, one record at a time, until OpenSSL would
+ * block. Returns bytes written, or -1 with errno (EAGAIN: blocked). A
+ * blocked write is retried with the same length (OpenSSL's rule; the
+ * buffer may move: SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER). */
+static int tls_write(struct io *io)
+{
+	int total = 0;
+	if (!io->hs_done) {
+		errno = EAGAIN;
+		return -1;
+	}
+	io->wr_wants_rd = false;
+	for (;;) {
+		size_t len = evbuffer_get_length(io->out);
+		if (!len)
+			return total;
+		size_t sz = io->tls_wlen ? io->tls_wlen : len < TLS_RECORD ? len : TLS_RECORD;
+		/* small pieces (a head, then a body) go out as one record */
+		const void *p = evbuffer_pullup(io->out, (ev_ssize_t)sz);
+		if (!p) {
+			errno = ENOMEM;
+			return -1;
+		}
+		ERR_clear_error();
+		int n = SSL_write(io->ssl, p, (int)sz);
+		if (n > 0) {
+			io->tls_wlen = 0;
+			evbuffer_drain(io->out, (size_t)n);
+			total += n;
+			continue;
+		}
+		io->tls_wlen = sz;
+		switch (SSL_get_error(io->ssl, n)) {
+		case SSL_ERROR_WANT_WRITE:
+			break;
+		case SSL_ERROR_WANT_READ:
+			io->wr_wants_rd = true;
+			rd_arm(io);
+			break;
+		default:
+			io->tls_failed = true;
+			if (!errno || errno == EAGAIN || errno == EINTR)
+				errno = EPIPE;
+			return -1;
+		}
+		if (total)
+			return total;
+		errno = EAGAIN;
+		return -1;
+	}
 }
 
 /* Write what is queued; report errors and the low watermark. Returns -1 if
@@ -81,7 +167,7 @@ static int io_write_out(struct io *io, bool callbacks)
 			wr_arm(io, false);
 		return 0;
 	}
-	int n = evbuffer_write(io->out, io->fd);
+	int n = io->ssl ? tls_write(io) : evbuffer_write(io->out, io->fd);
 	if (n < 0 && errno != EAGAIN && errno != EINTR) {
 		wr_arm(io, false);
 		if (callbacks && io->eventcb) {
@@ -110,8 +196,6 @@ void worker_flush(struct worker *w)
 
 void io_flush_now(struct io *io)
 {
-	if (io->bev)
-		return;
 	dirty_unlink(io);
 	io_write_out(io, false);
 }
@@ -170,14 +254,26 @@ static void on_write(evutil_socket_t fd, short what, void *arg)
 	worker_flush(w);
 }
 
+static int io_buffers(struct io *io)
+{
+	io->in = evbuffer_new();
+	io->out = evbuffer_new();
+	if (io->in && io->out && evbuffer_add_cb(io->out, out_cb, io) && evbuffer_add_cb(io->in, in_cb, io))
+		return 0;
+	if (io->in)
+		evbuffer_free(io->in);
+	if (io->out)
+		evbuffer_free(io->out);
+	io->in = io->out = NULL;
+	return -1;
+}
+
 int io_init_plain(struct io *io, struct worker *w, int fd, bool connecting)
 {
 	io->w = w;
 	io->fd = fd;
-	io->bev = NULL;
-	io->in = evbuffer_new();
-	io->out = evbuffer_new();
-	if (!io->in || !io->out || !evbuffer_add_cb(io->out, out_cb, io) ||
+	io->ssl = NULL;
+	if (io_buffers(io) < 0 ||
 	    event_assign(&io->rev, w->base, fd, EV_READ | EV_PERSIST, on_read, io) < 0 ||
 	    event_assign(&io->wev, w->base, fd, EV_WRITE | EV_PERSIST, on_write, io) < 0) {
 		if (io->in)
@@ -194,31 +290,151 @@ int io_init_plain(struct io *io, struct worker *w, int fd, bool connecting)
 	return 0;
 }
 
-static void tls_read(struct bufferevent *bev, void *arg)
+/* Drive the handshake. Returns 1 when done (CONNECTED was reported),
+ * 0 when it waits for the socket, -1 when a callback may have freed io. */
+static int tls_handshake(struct io *io)
 {
-	(void)bev;
+	ERR_clear_error();
+	int r = SSL_do_handshake(io->ssl);
+	if (r == 1) {
+		io->hs_done = true;
+		wr_arm(io, evbuffer_get_length(io->out) > 0);
+		rd_arm(io);
+		if (evbuffer_get_length(io->out))
+			dirty_push(io);
+		io->eventcb(io, BEV_EVENT_CONNECTED, io->arg);
+		return 1;
+	}
+	switch (SSL_get_error(io->ssl, r)) {
+	case SSL_ERROR_WANT_READ:
+		wr_arm(io, false);
+		return 0;
+	case SSL_ERROR_WANT_WRITE:
+		wr_arm(io, true);
+		return 0;
+	default:
+		io->tls_failed = true;
+		io->eof = true;
+		rd_arm(io);
+		wr_arm(io, false);
+		io->eventcb(io, BEV_EVENT_ERROR | BEV_EVENT_READING, io->arg);
+		return -1;
+	}
+}
+
+/* How a TLS read ended: close_notify, or a TCP end without it (tolerated:
+ * the HTTP framing says whether a message was complete), or an error. */
+static short tls_read_end(struct io *io, int n)
+{
+	int e = SSL_get_error(io->ssl, n);
+	if (e == SSL_ERROR_ZERO_RETURN)
+		return BEV_EVENT_EOF;
+	io->tls_failed = true;       /* no close_notify back */
+	if (e == SSL_ERROR_SYSCALL && ERR_peek_error() == 0 && errno == 0)
+		return BEV_EVENT_EOF;
+	if (e == SSL_ERROR_SSL && ERR_GET_REASON(ERR_peek_error()) == SSL_R_UNEXPECTED_EOF_WHILE_READING)
+		return BEV_EVENT_EOF;
+	return BEV_EVENT_ERROR;
+}
+
+/* Read what OpenSSL has for us into the input, then one read callback.
+ * An end (close_notify, EOF, error) behind data is kept in pend_end and
+ * reported on the next turn, so the data reaches the callback first. */
+static void tls_read(struct io *io)
+{
+	size_t got = 0;
+	short end = io->pend_end;
+	io->rd_wants_wr = false;
+	if (!io->rd_on || io->eof || (io->rd_high && evbuffer_get_length(io->in) >= io->rd_high)) {
+		rd_arm(io);          /* paused: rd_arm comes back here on resume */
+		return;
+	}
+	io->rd_again = false;
+	while (!end && got < TLS_READ_BATCH &&
+	       !(io->rd_high && evbuffer_get_length(io->in) >= io->rd_high)) {
+		struct evbuffer_iovec v;
+		if (evbuffer_reserve_space(io->in, READ_SIZE, &v, 1) < 1) {
+			end = BEV_EVENT_ERROR;
+			break;
+		}
+		ERR_clear_error();
+		errno = 0;
+		int n = SSL_read(io->ssl, v.iov_base, (int)(v.iov_len < READ_SIZE ? v.iov_len : READ_SIZE));
+		if (n > 0) {
+			v.iov_len = (size_t)n;
+			evbuffer_commit_space(io->in, &v, 1);
+			got += (size_t)n;
+			continue;
+		}
+		int e = SSL_get_error(io->ssl, n);
+		if (e == SSL_ERROR_WANT_READ)
+			break;
+		if (e == SSL_ERROR_WANT_WRITE) {
+			io->rd_wants_wr = true;
+			wr_arm(io, evbuffer_get_length(io->out) > 0);
+			break;
+		}
+		end = tls_read_end(io, n);
+	}
+	if (got) {
+		io->pend_end = end;
+		if (end || got >= TLS_READ_BATCH || SSL_has_pending(io->ssl)) {
+			io->rd_again = true;
+			event_active(&io->rev, EV_READ, 1);
+		}
+		rd_arm(io);
+		io->readcb(io, io->arg);
+		return;
+	}
+	if (end) {
+		io->pend_end = 0;
+		io->eof = true;
+		rd_arm(io);
+		io->eventcb(io, end | BEV_EVENT_READING, io->arg);
+	}
+}
+
+static void tls_on_read(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
 	struct io *io = arg;
 	struct worker *w = io->w;
-	io->readcb(io, io->arg);
+	if (!io->hs_done) {
+		if (tls_handshake(io) < 1) {
+			worker_flush(w);
+			return;
+		}
+	}
+	if (io->wr_wants_rd) {       /* SSL_write waited for this */
+		dirty_unlink(io);
+		if (io_write_out(io, true) < 0) {
+			worker_flush(w);
+			return;
+		}
+	}
+	tls_read(io);
 	worker_flush(w);
 }
 
-static void tls_write(struct bufferevent *bev, void *arg)
+static void tls_on_write(evutil_socket_t fd, short what, void *arg)
 {
-	(void)bev;
+	(void)fd;
+	(void)what;
 	struct io *io = arg;
 	struct worker *w = io->w;
-	if (io->writecb)
-		io->writecb(io, io->arg);
-	worker_flush(w);
-}
-
-static void tls_event(struct bufferevent *bev, short what, void *arg)
-{
-	(void)bev;
-	struct io *io = arg;
-	struct worker *w = io->w;
-	io->eventcb(io, what, io->arg);
+	if (!io->hs_done) {
+		if (tls_handshake(io) < 1) {
+			worker_flush(w);
+			return;
+		}
+	}
+	if (io->rd_wants_wr) {       /* SSL_read waited for this */
+		io->rd_wants_wr = false;
+		event_active(&io->rev, EV_READ, 1);
+	}
+	dirty_unlink(io);
+	io_write_out(io, true);
 	worker_flush(w);
 }
 
@@ -226,16 +442,22 @@ int io_init_tls(struct io *io, struct worker *w, int fd, void *ssl)
 {
 	io->w = w;
 	io->fd = fd;
-	io->bev = bufferevent_openssl_socket_new(w->base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
-		BEV_OPT_CLOSE_ON_FREE);
-	if (!io->bev)
+	if (io_buffers(io) < 0 || !SSL_set_fd(ssl, fd) ||
+	    event_assign(&io->rev, w->base, fd, EV_READ | EV_PERSIST, tls_on_read, io) < 0 ||
+	    event_assign(&io->wev, w->base, fd, EV_WRITE | EV_PERSIST, tls_on_write, io) < 0) {
+		if (io->in) {
+			evbuffer_free(io->in);
+			evbuffer_free(io->out);
+			io->in = io->out = NULL;
+		}
 		return -1;
-	bufferevent_openssl_set_allow_dirty_shutdown(io->bev, 1);
-	io->in = bufferevent_get_input(io->bev);
-	io->out = bufferevent_get_output(io->bev);
+	}
+	SSL_set_mode(ssl, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
+		SSL_MODE_RELEASE_BUFFERS);
+	SSL_set_accept_state(ssl);
+	io->ssl = ssl;
 	io->open = true;
-	bufferevent_setcb(io->bev, tls_read, tls_write, tls_event, io);
-	bufferevent_enable(io->bev, EV_WRITE);
+	rd_arm(io);                  /* the ClientHello */
 	return 0;
 }
 
@@ -250,42 +472,32 @@ void io_setcb(struct io *io, io_cb r, io_cb wr, io_event_cb ev, void *arg)
 void io_read_on(struct io *io, bool on)
 {
 	io->rd_on = on;
-	if (io->bev) {
-		if (on)
-			bufferevent_enable(io->bev, EV_READ);
-		else
-			bufferevent_disable(io->bev, EV_READ);
-		return;
-	}
 	rd_arm(io);
 }
 
 void io_read_update(struct io *io)
 {
-	if (!io->bev)
-		rd_arm(io);
+	rd_arm(io);
 }
 
 void io_set_read_high(struct io *io, size_t high)
 {
 	io->rd_high = high;
-	if (io->bev)
-		bufferevent_setwatermark(io->bev, EV_READ, 0, high);
-	else
-		rd_arm(io);
+	rd_arm(io);
 }
 
 void io_set_write_low(struct io *io, size_t low)
 {
 	io->wr_low = low;
-	if (io->bev)
-		bufferevent_setwatermark(io->bev, EV_WRITE, low, 0);
 }
 
 void io_shutdown_wr(struct io *io)
 {
-	if (!io->bev)
-		shutdown(io->fd, SHUT_WR);
+	if (io->ssl && io->hs_done && !io->tls_failed) {
+		ERR_clear_error();
+		SSL_shutdown(io->ssl);       /* close_notify, if the socket takes it */
+	}
+	shutdown(io->fd, SHUT_WR);
 }
 
 void io_reset_on_close(struct io *io)
@@ -294,6 +506,7 @@ void io_reset_on_close(struct io *io)
 	if (!io->open)
 		return;
 	io_flush_now(io);
+	io->tls_failed = true;       /* no close_notify: the end is not clean */
 	setsockopt(io->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
 }
 
@@ -303,13 +516,16 @@ void io_close(struct io *io)
 		return;
 	io->open = false;
 	dirty_unlink(io);
-	if (io->bev) {
-		bufferevent_free(io->bev);
-		io->bev = NULL;
-		return;
-	}
 	event_del(&io->rev);
 	event_del(&io->wev);
+	if (io->ssl) {
+		if (io->hs_done && !io->tls_failed && !(SSL_get_shutdown(io->ssl) & SSL_SENT_SHUTDOWN)) {
+			ERR_clear_error();
+			SSL_shutdown(io->ssl);
+		}
+		SSL_free(io->ssl);
+		io->ssl = NULL;
+	}
 	evbuffer_free(io->in);
 	evbuffer_free(io->out);
 	close(io->fd);

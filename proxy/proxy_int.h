@@ -61,15 +61,18 @@ struct io;
  * Plain TCP uses raw events: read(2) straight into the input buffer (no
  * FIONREAD), and writes are speculative: whatever is added to the output
  * is written at the end of the current callback (worker_flush), EV_WRITE
- * is armed only when the kernel would block. TLS delegates to a
- * bufferevent_openssl. Callbacks receive BEV_EVENT_* flags. */
+ * is armed only when the kernel would block. TLS does the same with
+ * SSL_read/SSL_write on the fd; the end of its handshake is reported as
+ * BEV_EVENT_CONNECTED, and a clean close sends close_notify. Callbacks
+ * receive BEV_EVENT_* flags. */
 typedef void (*io_cb)(struct io *io, void *arg);
 typedef void (*io_event_cb)(struct io *io, short what, void *arg);
 
 struct io {
 	struct worker *w;
 	int fd;
-	struct bufferevent *bev;         /* TLS, else NULL */
+	void *ssl;                       /* SSL * (TLS), else NULL */
+	size_t tls_wlen;                 /* length of a blocked SSL_write, to retry */
 	struct event rev, wev;
 	struct evbuffer *in, *out;
 	io_cb readcb, writecb;
@@ -77,6 +80,10 @@ struct io {
 	void *arg;
 	size_t rd_high, wr_low;
 	bool rd_on, rd_added, wr_added, connecting, eof, dirty, open;
+	bool hs_done, tls_failed;        /* TLS: handshake done; no clean close_notify */
+	bool rd_wants_wr, wr_wants_rd;   /* TLS: the other direction is needed */
+	bool rd_again;                   /* TLS: read more (or report the end) next turn */
+	short pend_end;                  /* TLS: EOF/ERROR seen behind data, not reported yet */
 	struct io *dnext, *dprev;        /* worker->dirty */
 };
 
