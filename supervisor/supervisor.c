@@ -435,11 +435,98 @@ static void svc_crashed(struct service *svc, const char *why)
 	arm(svc->restart_timer, delay);
 }
 
+static void removed_gone(void *arg, struct instance *inst);
+static void svc_start_live(struct service *svc);
+
+/* The first start of a service never deployed on this host (no state, no
+ * container of it): like a swap, its release_command (the migrations) runs
+ * once in a one-off instance of the image before the first instance starts.
+ * Crash restarts, adoptions and later starts skip it. A failure counts as a
+ * crash: retried with the backoff, shown in status with its output. */
+static bool first_release_ended(struct service *svc)
+{
+	svc->release_busy = false;
+	if (svc->conf == NULL) {            /* removed by a reload meanwhile */
+		removed_gone(svc, NULL);
+		return false;
+	}
+	return !svc->sup->shutting_down;
+}
+
+static void first_release_failed(struct service *svc, const char *why, const struct logring *out)
+{
+	snprintf(svc->error, sizeof(svc->error), "%s", why);
+	copy_logs(svc, out);
+	log_warn("first release command failed service=%s error=%s", svc->name, log_q(why));
+	svc_crashed(svc, why);
+}
+
+static void first_release_done(void *arg, int exit_code, const char *err, struct logring *output)
+{
+	struct service *svc = arg;
+	char why[600];
+
+	if (!first_release_ended(svc))
+		return;
+	if (exit_code == 0) {
+		log_info("release command done, starting the first instance service=%s", svc->name);
+		svc->release_pending = false;
+		svc_start_live(svc);
+		return;
+	}
+	if (exit_code < 0)
+		snprintf(why, sizeof(why), "release command could not run: %s", err ? err : "unknown error");
+	else
+		snprintf(why, sizeof(why), "release command exited with code %d", exit_code);
+	first_release_failed(svc, why, output);
+}
+
+static void first_release_run(void *arg, int ok, const char *err)
+{
+	struct service *svc = arg;
+	const struct svc_conf *c = svc->conf;
+	char why[600], *eerr = NULL, **env;
+
+	if (svc->conf == NULL || svc->sup->shutting_down) {
+		first_release_ended(svc);
+		return;
+	}
+	if (!ok) {
+		first_release_ended(svc);
+		snprintf(why, sizeof(why), "pull before the release command failed: %s", err ? err : "unknown error");
+		first_release_failed(svc, why, NULL);
+		return;
+	}
+	if ((env = runtime_env_build(c, c->port, &eerr)) == NULL) {
+		first_release_ended(svc);
+		first_release_failed(svc, eerr ? eerr : "cannot build the environment", NULL);
+		free(eerr);
+		return;
+	}
+	log_info("running the release command before the first start service=%s command=%s",
+		svc->name, log_q(c->release_command));
+	svc->ops->run_once(&svc->sup->rt, c, svc->image, c->release_command, env,
+		(unsigned long)c->start_timeout_ms, first_release_done, svc);
+	runtime_env_free(env);
+}
+
 /* Start a live instance of svc->image on svc->color. */
 static void svc_start_live(struct service *svc)
 {
 	struct instance *inst;
 	char *err = NULL;
+
+	if (svc->release_pending && svc->conf->release_command[0] != '\0' && svc->ops->run_once != NULL) {
+		if (svc->release_busy)
+			return;
+		svc->release_busy = true;
+		svc_set_state(svc, SVC_STARTING, "release command before the first start");
+		if (svc->ops->pull != NULL)
+			svc->ops->pull(&svc->sup->rt, svc->conf, svc->image, NULL, first_release_run, svc);
+		else
+			first_release_run(svc, 1, NULL);
+		return;
+	}
 
 	if (svc->color[0] == '\0')
 		snprintf(svc->color, sizeof(svc->color), "blue");
@@ -697,6 +784,7 @@ static void svc_from_state(struct supervisor *s, struct service *svc)
 {
 	struct state_service *ss = state_service(s->state, svc->name, false);
 
+	svc->release_pending = ss == NULL || ss->image[0] == '\0';
 	if (ss == NULL)
 		return;
 	if (ss->image[0] != '\0' && svc->conf->runtime != RUNTIME_EXTERNAL)
@@ -785,6 +873,8 @@ static void adopt_service(struct supervisor *s, struct service *svc, const struc
 	for (size_t i = 0; i < n; i++) {
 		struct instance *inst;
 
+		if (strcmp(found[i].service, svc->name) == 0)
+			svc->release_pending = false;   /* deployed here before */
 		if (strcmp(found[i].service, svc->name) != 0 || &found[i] == pick)
 			continue;
 		inst = inst_found(svc, &found[i]);
@@ -927,6 +1017,8 @@ int supervisor_reload(struct supervisor *s, const struct pmd_config *cfg, char *
 		evtimer_del(svc->restart_timer);
 		evtimer_del(svc->stable_timer);
 		svc->live = NULL;
+		if (svc->release_busy)
+			continue;   /* freed when the release command ends */
 		if (svc->instances == NULL) {
 			removed_gone(svc, NULL);
 			i--;
@@ -945,6 +1037,7 @@ int supervisor_reload(struct supervisor *s, const struct pmd_config *cfg, char *
 			return -1;
 		}
 		log_info("service added by reload service=%s", cfg->services[i].name);
+		svc_from_state(s, s->svcs[s->n - 1]);
 		if (s->started)
 			svc_start_live(s->svcs[s->n - 1]);
 	}

@@ -67,6 +67,8 @@ struct service {
 	struct event *restart_timer;
 	struct event *stable_timer;   /* healthy for BACKOFF_RESET_MS: crashes = 0 */
 	bool restart_due;             /* timer fired, waiting for the colour to free */
+	bool release_pending;         /* never deployed here: release_command first */
+	bool release_busy;            /* that first release is running */
 	struct swap *swap;            /* running swap, or NULL */
 	unsigned long swaps_ok, swaps_failed;
 };

@@ -263,3 +263,36 @@ def test_unit_swap_of_two_services_all_or_none(pmd_factory, tmp_path):
     assert sorted(switches) == ["app", "web"]
     assert p.get("/x").json()["tag"] == "v2"
     assert p.get("/web/x").json()["tag"] == "v2"
+
+
+def test_first_start_runs_release_command_once(pmd_factory, tmp_path):
+    """A service never deployed here runs its release_command (migrations)
+    before its first instance starts; a failing one keeps it from starting
+    (crash loop with the output), and a restart of pmd does not run it again
+    once the service is deployed."""
+    marker = tmp_path / "migrated"
+    fail_flag = tmp_path / "fail-release"
+    fail_flag.write_text("1")
+    script = tmp_path / "migrate.py"
+    script.write_text("import os, sys\n"
+                      "print('migrating', flush=True)\n"
+                      f"sys.exit(5) if os.path.exists({str(fail_flag)!r}) else "
+                      f"open({str(marker)!r}, 'a').write('x')\n")
+    release = f"{pmdtest.PYTHON} {script}"
+    p = pmd_factory(app_sections(tmp_path, release_command=release))
+    svc = pmdtest.wait_for(lambda: (lambda s: s if s["state"] == "crashloop" else None)(p.service("app")),
+                           15, what="crash loop after the failing release command")
+    assert "release command exited with code 5" in svc["error"]
+    assert any("migrating" in line for line in svc.get("last_logs", [])), svc
+    assert not svc["instances"] or not any(i.get("healthy") for i in svc["instances"])
+    assert not marker.exists()
+
+    fail_flag.unlink()                     # the next try (backoff) succeeds
+    svc = p.wait_healthy("app", timeout=20)
+    assert marker.read_text() == "x"       # ran exactly once
+    assert p.get("/").status == 200
+
+    p.stop()
+    p.start()
+    p.wait_healthy("app")
+    assert marker.read_text() == "x"       # deployed: not run again at start
