@@ -14,7 +14,8 @@
 
 static struct snap_route mkroute(const char *prefix, const char *host, int svc)
 {
-	struct snap_route r = { strdup(prefix), strlen(prefix), host ? strdup(host) : NULL, svc };
+	struct snap_route r = { .name = NULL, .prefix = strdup(prefix), .prefix_len = strlen(prefix),
+		.host = host ? strdup(host) : NULL, .service = svc };
 	return r;
 }
 
