@@ -21,6 +21,15 @@
  * (the Expect header is not forwarded), so the client never waits on an
  * upstream that ignores Expect and never sees two 100s.
  *
+ * A client's EOF while its request waits for the response: TCP cannot tell
+ * a half-close (shutdown(SHUT_WR) after the request, which HTTP/1.1 allows)
+ * from a client that is gone, short of writing to it. So the request goes
+ * on and its response is written, then the connection closes; but while
+ * the proxy stops (SIGTERM) or the request's instance drains (a swap), a
+ * request whose client sent EOF and has no response head yet is abandoned:
+ * upstream closed (not pooled), in-flight released, logged as 499. Nobody
+ * waits on an answer that likely has no reader.
+ *
  * Bodiless requests keep their head in the client input until the response
  * head arrives: a request that fails on a reused upstream connection before
  * any response byte is re-parsed from there and retried once on a fresh
@@ -1569,6 +1578,13 @@ static void client_write(struct io *io, void *arg)
 	}
 }
 
+/* See "A client's EOF" at the top. */
+static bool conn_abandoned(const struct conn *c)
+{
+	return c->client_eof && c->state == CS_PROXY && !c->res_head_done &&
+		(c->w->stopping || (c->be && atomic_load_explicit(&c->be->draining, memory_order_relaxed)));
+}
+
 static void client_event(struct io *io, short what, void *arg)
 {
 	(void)io;
@@ -1581,7 +1597,7 @@ static void client_event(struct io *io, short what, void *arg)
 		c->client_eof = true;
 		switch (c->state) {
 		case CS_PROXY:
-			if (c->req_done)
+			if (c->req_done && !conn_abandoned(c))
 				return;      /* half-close after a request: still answer it */
 			break;
 		case CS_TUNNEL:
@@ -1838,6 +1854,10 @@ void conn_tick(struct worker *w)
 	struct conn *c = w->conns, *next;
 	for (; c; c = next) {
 		next = c->next;
+		if (conn_abandoned(c)) {
+			conn_free(c);
+			continue;
+		}
 		if (!c->be || !atomic_load_explicit(&c->be->close_tunnels, memory_order_relaxed))
 			continue;
 		if (c->state == CS_TUNNEL)
@@ -1855,8 +1875,8 @@ void conn_close_idle(struct worker *w)
 	struct conn *c = w->conns, *next;
 	for (; c; c = next) {
 		next = c->next;
-		if (c->state == CS_HEAD && !c->req_active &&
-		    evbuffer_get_length(io_in(&c->io)) == 0)
+		if ((c->state == CS_HEAD && !c->req_active &&
+		     evbuffer_get_length(io_in(&c->io)) == 0) || conn_abandoned(c))
 			conn_free(c);
 	}
 	worker_flush(w);

@@ -198,9 +198,11 @@ const char *worker_timestamp(struct worker *w);
 void conn_accept(struct worker *w, int fd, const struct sockaddr *sa, int salen, bool tls);
 /* New snapshot: retry held requests, drop idle upstreams of stale backends. */
 void conn_on_snapshot(struct worker *w);
-/* Periodic: idle upstream expiry, close tunnels of drained backends. */
+/* Periodic: idle upstream expiry, close tunnels of drained backends,
+ * abandon requests to draining backends whose client sent EOF. */
 void conn_tick(struct worker *w);
-/* Stop accepting: close idle keep-alive client connections. */
+/* Stop accepting: close idle keep-alive client connections, and requests
+ * whose client sent EOF before an answer (see conn.c). */
 void conn_close_idle(struct worker *w);
 /* Worker shutdown: free every connection and pooled upstream. */
 void conn_free_all(struct worker *w);
