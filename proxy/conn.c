@@ -104,6 +104,8 @@ struct conn {
 	int rslot;                     /* route counter slot of the request */
 	uint32_t head_len;
 	uint64_t start_us, last_ms, act_ms;
+	uint64_t due_ms;               /* deadline of tkind */
+	uint64_t armed_ms;             /* when the timer event fires, 0 = not armed */
 	uint64_t bytes_in, bytes_out;
 	struct body rq, rs;
 	char method[16];
@@ -150,16 +152,33 @@ static void wb_u64(struct wb *b, uint64_t v)
 	wb_put(b, tmp + i, sizeof(tmp) - (size_t)i);
 }
 
-/* Timers --------------------------------------------------------------- */
+/* Timers ---------------------------------------------------------------
+ *
+ * One timer per connection, re-armed lazily: a state change records the
+ * kind and its due time, and touches the event only when the new deadline
+ * is earlier than the armed one. A timer that fires before the current
+ * deadline re-arms for the rest. A keep-alive request changes the timeout
+ * three or four times; this keeps event_add (a base lock, a queue move)
+ * off the per-request path. */
+
+/* `common`: ms is a configured timeout (a libevent common timeout, O(1));
+ * else the rest of one, a plain timer. */
+static void timer_arm(struct conn *c, uint64_t due, uint64_t ms, bool common)
+{
+	struct timeval tv = { (time_t)(ms / 1000), (suseconds_t)(ms % 1000 * 1000) };
+	event_add(&c->timer, common ? worker_tv(c->w, ms) : &tv);
+	c->armed_ms = due;
+}
 
 static void timer_set(struct conn *c, enum tkind kind, uint64_t ms)
 {
 	c->tkind = kind;
-	if (kind == T_NONE) {
-		event_del(&c->timer);
-		return;
-	}
-	event_add(&c->timer, worker_tv(c->w, ms));
+	if (kind == T_NONE)
+		return;              /* a firing with T_NONE does nothing */
+	uint64_t due = worker_now_ms(c->w) + ms;
+	c->due_ms = due;
+	if (!c->armed_ms || c->armed_ms > due)
+		timer_arm(c, due, ms, true);
 }
 
 /* An inactivity timer that is not re-armed on every read: reads only stamp
@@ -1659,6 +1678,14 @@ static void conn_begin_error_request(struct conn *c, size_t bytes_in)
 static void conn_timer_fire(struct conn *c)
 {
 	enum tkind k = c->tkind;
+	uint64_t now = worker_now_ms(c->w);
+	c->armed_ms = 0;
+	if (k == T_NONE)
+		return;
+	if (k != T_ACTIVITY && now < c->due_ms) {
+		timer_arm(c, c->due_ms, c->due_ms - now, false);   /* fired for an earlier deadline */
+		return;
+	}
 	c->tkind = T_NONE;
 	switch (k) {
 	case T_HEADER: {
@@ -1689,12 +1716,10 @@ static void conn_timer_fire(struct conn *c)
 		conn_upstream_fail(c, 504, "upstream did not answer in time");
 		return;
 	case T_ACTIVITY: {
-		uint64_t now = worker_now_ms(c->w), idle = now - c->last_ms;
+		uint64_t idle = now - c->last_ms;
 		if (idle < c->act_ms) {
-			struct timeval tv = { (time_t)((c->act_ms - idle) / 1000),
-				(suseconds_t)((c->act_ms - idle) % 1000 * 1000) };
 			c->tkind = T_ACTIVITY;
-			evtimer_add(&c->timer, &tv);
+			timer_arm(c, now + c->act_ms - idle, c->act_ms - idle, false);
 			return;
 		}
 		if (c->state == CS_PROXY && !c->res_head_done && !c->req_done) {

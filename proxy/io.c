@@ -45,7 +45,7 @@ static void dirty_unlink(struct io *io)
 
 static void dirty_push(struct io *io)
 {
-	if (io->dirty)
+	if (io->dirty || !io->open)
 		return;
 	io->dirty = true;
 	io->dprev = NULL;
@@ -55,30 +55,12 @@ static void dirty_push(struct io *io)
 	io->w->dirty = io;
 }
 
-static void out_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
-{
-	(void)buf;
-	if (info->n_added)
-		dirty_push(arg);
-}
-
 static bool rd_wanted(const struct io *io)
 {
 	if (io->ssl && (!io->hs_done || io->wr_wants_rd))
 		return !io->eof;
 	return io->rd_on && !io->eof && !io->connecting &&
 		!(io->rd_high && evbuffer_get_length(io->in) >= io->rd_high);
-}
-
-static void rd_arm(struct io *io);
-
-/* Input consumed: reading paused at the high watermark may go on. */
-static void in_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
-{
-	(void)buf;
-	struct io *io = arg;
-	if (info->n_deleted && !io->rd_added && io->open)
-		rd_arm(io);
 }
 
 static void rd_arm(struct io *io)
@@ -185,13 +167,28 @@ static int io_write_out(struct io *io, bool callbacks)
 	return 0;
 }
 
+/* Every io whose buffers the connection layer took (io_in/io_out): resume
+ * reading consumed below the high watermark, write what was queued. */
 void worker_flush(struct worker *w)
 {
 	while (w->dirty) {
 		struct io *io = w->dirty;
 		dirty_unlink(io);
+		rd_arm(io);
 		io_write_out(io, true);
 	}
+}
+
+struct evbuffer *io_in(struct io *io)
+{
+	dirty_push(io);
+	return io->in;
+}
+
+struct evbuffer *io_out(struct io *io)
+{
+	dirty_push(io);
+	return io->out;
 }
 
 void io_flush_now(struct io *io)
@@ -258,7 +255,7 @@ static int io_buffers(struct io *io)
 {
 	io->in = evbuffer_new();
 	io->out = evbuffer_new();
-	if (io->in && io->out && evbuffer_add_cb(io->out, out_cb, io) && evbuffer_add_cb(io->in, in_cb, io))
+	if (io->in && io->out)
 		return 0;
 	if (io->in)
 		evbuffer_free(io->in);

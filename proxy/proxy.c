@@ -128,11 +128,14 @@ void worker_count_request(struct worker *w, int slot, int status, uint64_t dur_u
 	RSTAT_ADD(r, sum_us, dur_us);
 }
 
+/* CLOCK_MONOTONIC through the vDSO: no base lock (libevent's cached time
+ * takes it), fine enough for the duration histogram. */
 uint64_t worker_now_us(struct worker *w)
 {
-	struct timeval tv;
-	event_base_gettimeofday_cached(w->base, &tv);
-	return (uint64_t)tv.tv_sec * 1000000 + (uint64_t)tv.tv_usec;
+	(void)w;
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
 }
 
 uint64_t worker_now_ms(struct worker *w)

@@ -61,7 +61,8 @@ struct io;
  * Plain TCP uses raw events: read(2) straight into the input buffer (no
  * FIONREAD), and writes are speculative: whatever is added to the output
  * is written at the end of the current callback (worker_flush), EV_WRITE
- * is armed only when the kernel would block. TLS does the same with
+ * is armed only when the kernel would block (no evbuffer callbacks: see
+ * io_in/io_out). TLS does the same with
  * SSL_read/SSL_write on the fd; the end of its handshake is reported as
  * BEV_EVENT_CONNECTED, and a clean close sends close_notify. Callbacks
  * receive BEV_EVENT_* flags. */
@@ -96,8 +97,12 @@ void io_setcb(struct io *io, io_cb r, io_cb wr, io_event_cb ev, void *arg);
 void io_read_on(struct io *io, bool on);
 void io_set_read_high(struct io *io, size_t high);   /* 0 = unlimited */
 void io_set_write_low(struct io *io, size_t low);
-static inline struct evbuffer *io_in(struct io *io) { return io->in; }
-static inline struct evbuffer *io_out(struct io *io) { return io->out; }
+/* The buffers, for the connection layer. Taking one marks the io for the
+ * end of the callback (worker_flush): what was added to the output is
+ * written, and reading paused at the high watermark resumes once the input
+ * was consumed. So nothing touches them but through these. */
+struct evbuffer *io_in(struct io *io);
+struct evbuffer *io_out(struct io *io);
 /* Re-arm reading if it was paused at the high watermark. */
 void io_read_update(struct io *io);
 void io_shutdown_wr(struct io *io);
