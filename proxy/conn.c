@@ -102,6 +102,7 @@ struct conn {
 	bool up_reusable;              /* the upstream may serve another request */
 	int status;
 	int rslot;                     /* route counter slot of the request */
+	int tls_busy;                  /* TLS requests since the last quiet tick */
 	uint32_t head_len;
 	uint64_t start_us, last_ms, act_ms;
 	uint64_t due_ms;               /* deadline of tkind */
@@ -1134,6 +1135,8 @@ static void conn_request(struct conn *c, const struct http_request *req)
 	if (!c->resumed) {
 		worker_refresh_snapshot(w);
 		STAT_ADD(w, requests_total, 1);
+		if (c->tls && ++c->tls_busy == 2)
+			io_keep_buffers(&c->io, true);   /* a keep-alive client at work */
 		c->req_active = true;
 		c->start_us = worker_now_us(w);
 		c->rslot = 0;
@@ -1882,6 +1885,10 @@ void conn_tick(struct worker *w)
 		if (conn_abandoned(c)) {
 			conn_free(c);
 			continue;
+		}
+		if (c->tls_busy && c->state == CS_HEAD && !c->req_active) {
+			c->tls_busy = 0;         /* quiet at this tick: small again */
+			io_keep_buffers(&c->io, false);
 		}
 		if (!c->be || !atomic_load_explicit(&c->be->close_tunnels, memory_order_relaxed))
 			continue;

@@ -12,7 +12,8 @@
  * for a read; `rd_wants_wr` / `wr_wants_rd` record that, and the event of
  * that direction retries the blocked operation. Records a read left inside
  * OpenSSL (SSL_has_pending) are not announced by the fd: the read event is
- * activated by hand. */
+ * activated by hand. The thread's OpenSSL error queue is kept empty by
+ * clearing it wherever an error was looked at, not before every call. */
 #include <errno.h>
 #include <stdlib.h>
 #include <sys/socket.h>
@@ -110,7 +111,6 @@ static int tls_write(struct io *io)
 			errno = ENOMEM;
 			return -1;
 		}
-		ERR_clear_error();
 		int n = SSL_write(io->ssl, p, (int)sz);
 		if (n > 0) {
 			io->tls_wlen = 0;
@@ -130,6 +130,7 @@ static int tls_write(struct io *io)
 			io->tls_failed = true;
 			if (!errno || errno == EAGAIN || errno == EINTR)
 				errno = EPIPE;
+			ERR_clear_error();
 			return -1;
 		}
 		if (total)
@@ -310,6 +311,7 @@ static int tls_handshake(struct io *io)
 		wr_arm(io, true);
 		return 0;
 	default:
+		ERR_clear_error();
 		io->tls_failed = true;
 		io->eof = true;
 		rd_arm(io);
@@ -324,12 +326,14 @@ static int tls_handshake(struct io *io)
 static short tls_read_end(struct io *io, int n)
 {
 	int e = SSL_get_error(io->ssl, n);
+	unsigned long err = ERR_peek_error();
+	ERR_clear_error();
 	if (e == SSL_ERROR_ZERO_RETURN)
 		return BEV_EVENT_EOF;
 	io->tls_failed = true;       /* no close_notify back */
-	if (e == SSL_ERROR_SYSCALL && ERR_peek_error() == 0 && errno == 0)
+	if (e == SSL_ERROR_SYSCALL && err == 0 && errno == 0)
 		return BEV_EVENT_EOF;
-	if (e == SSL_ERROR_SSL && ERR_GET_REASON(ERR_peek_error()) == SSL_R_UNEXPECTED_EOF_WHILE_READING)
+	if (e == SSL_ERROR_SSL && ERR_GET_REASON(err) == SSL_R_UNEXPECTED_EOF_WHILE_READING)
 		return BEV_EVENT_EOF;
 	return BEV_EVENT_ERROR;
 }
@@ -354,7 +358,6 @@ static void tls_read(struct io *io)
 			end = BEV_EVENT_ERROR;
 			break;
 		}
-		ERR_clear_error();
 		errno = 0;
 		int n = SSL_read(io->ssl, v.iov_base, (int)(v.iov_len < READ_SIZE ? v.iov_len : READ_SIZE));
 		if (n > 0) {
@@ -488,11 +491,24 @@ void io_set_write_low(struct io *io, size_t low)
 	io->wr_low = low;
 }
 
+void io_keep_buffers(struct io *io, bool keep)
+{
+	if (!io->ssl)
+		return;
+	if (keep) {
+		SSL_clear_mode(io->ssl, SSL_MODE_RELEASE_BUFFERS);
+		return;
+	}
+	SSL_set_mode(io->ssl, SSL_MODE_RELEASE_BUFFERS);
+	if (io->hs_done && !evbuffer_get_length(io->out))
+		SSL_free_buffers(io->ssl);   /* 0 (kept) while a record is pending */
+}
+
 void io_shutdown_wr(struct io *io)
 {
 	if (io->ssl && io->hs_done && !io->tls_failed) {
-		ERR_clear_error();
 		SSL_shutdown(io->ssl);       /* close_notify, if the socket takes it */
+		ERR_clear_error();
 	}
 	shutdown(io->fd, SHUT_WR);
 }
@@ -517,8 +533,8 @@ void io_close(struct io *io)
 	event_del(&io->wev);
 	if (io->ssl) {
 		if (io->hs_done && !io->tls_failed && !(SSL_get_shutdown(io->ssl) & SSL_SENT_SHUTDOWN)) {
-			ERR_clear_error();
 			SSL_shutdown(io->ssl);
+			ERR_clear_error();
 		}
 		SSL_free(io->ssl);
 		io->ssl = NULL;

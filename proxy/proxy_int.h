@@ -106,6 +106,11 @@ struct evbuffer *io_out(struct io *io);
 /* Re-arm reading if it was paused at the high watermark. */
 void io_read_update(struct io *io);
 void io_shutdown_wr(struct io *io);
+/* TLS record buffers: a new connection gives them back after every
+ * record (SSL_MODE_RELEASE_BUFFERS: idle connections stay small); `keep`
+ * holds them while requests follow each other (no malloc/free per
+ * record), !keep gives them back now and from then on. */
+void io_keep_buffers(struct io *io, bool keep);
 /* Try to write what is queued now (no callbacks). */
 void io_flush_now(struct io *io);
 /* Make the coming io_close reset the connection (RST, SO_LINGER 0) after
