@@ -6,8 +6,8 @@
  * request that a speculative write and a fixed-size read avoid.
  *
  * TLS runs on the same events with SSL_read/SSL_write on the fd (no
- * bufferevent_openssl: it adds a BIO pair or filter layer, a copy and
- * extra callbacks per record). OpenSSL may need the other direction to
+ * bufferevent_openssl: it stacks a socket bufferevent under a BIO of its
+ * own, which costs a copy, FIONREAD and callbacks per record). OpenSSL may need the other direction to
  * make progress: SSL_read can ask for a write (key update) and SSL_write
  * for a read; `rd_wants_wr` / `wr_wants_rd` record that, and the event of
  * that direction retries the blocked operation. Records a read left inside
@@ -364,6 +364,11 @@ static void tls_read(struct io *io)
 			v.iov_len = (size_t)n;
 			evbuffer_commit_space(io->in, &v, 1);
 			got += (size_t)n;
+			/* read-ahead took what the socket had, up to its buffer:
+			 * nothing held means nothing to read but what the fd will
+			 * announce (no read(2) just to see EAGAIN) */
+			if (!SSL_has_pending(io->ssl))
+				break;
 			continue;
 		}
 		int e = SSL_get_error(io->ssl, n);
@@ -407,6 +412,8 @@ static void tls_on_read(evutil_socket_t fd, short what, void *arg)
 		}
 	}
 	if (io->wr_wants_rd) {       /* SSL_write waited for this */
+		/* the write's callbacks may end this turn: read on the next */
+		event_active(&io->rev, EV_READ, 1);
 		dirty_unlink(io);
 		if (io_write_out(io, true) < 0) {
 			worker_flush(w);
@@ -454,6 +461,7 @@ int io_init_tls(struct io *io, struct worker *w, int fd, void *ssl)
 	}
 	SSL_set_mode(ssl, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
 		SSL_MODE_RELEASE_BUFFERS);
+	SSL_set_read_ahead(ssl, 1);  /* a record's header and body in one read(2) */
 	SSL_set_accept_state(ssl);
 	io->ssl = ssl;
 	io->open = true;

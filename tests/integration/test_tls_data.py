@@ -8,20 +8,24 @@ import ssl
 import threading
 import time
 
+import pytest
+
 import pmdtest
 from pmdtest import wait_for
 
 
-def ctx():
+def ctx(version=None):
     c = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     c.check_hostname = False
     c.verify_mode = ssl.CERT_NONE
+    if version:
+        c.minimum_version = c.maximum_version = version
     return c
 
 
-def connect(port):
+def connect(port, version=None):
     raw = socket.create_connection(("127.0.0.1", port), timeout=10)
-    return ctx().wrap_socket(raw, server_hostname="localhost")
+    return ctx(version).wrap_socket(raw, server_hostname="localhost")
 
 
 def read_response(s, buf=b""):
@@ -55,13 +59,15 @@ def start(pmd_factory, backend):
     return p
 
 
-def test_large_bodies_and_pipelining(pmd_factory, backend_server):
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+def test_large_bodies_and_pipelining(pmd_factory, backend_server, version):
     big = 8 << 20
     backend_server.routes["/big"] = lambda rec: (200, {"data": "x" * big})
     backend_server.routes["/sum"] = lambda rec: (
         200, {"len": len(rec["body"]), "sha": hashlib.sha256(rec["body"]).hexdigest()})
     p = start(pmd_factory, backend_server)
-    with connect(p.https_port) as s:
+    with connect(p.https_port, version) as s:
+        assert s.version() == {ssl.TLSVersion.TLSv1_2: "TLSv1.2", ssl.TLSVersion.TLSv1_3: "TLSv1.3"}[version]
         # download through pmd's output backpressure, read slowly at first
         s.sendall(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n")
         time.sleep(0.5)
