@@ -460,10 +460,13 @@ def test_stale_candidate_is_removed_at_start(pmd_factory):
 
 
 def test_release_command_runs_in_a_one_off_container(pmd_factory):
-    conf = backend_conf(release_command="sh -c 'echo migrating $MIGRATE_DB; exit 4'",
+    # the test images say their version in APP_VERSION: v1 migrates, v2 fails
+    conf = backend_conf(release_command="sh -c 'echo migrating $MIGRATE_DB; "
+                                        "test \"$APP_VERSION\" = 2 && exit 4; exit 0'",
                         env="MIGRATE_DB=main")
     p = pmd_factory(one("backend", conf))
-    p.wait_healthy("backend", 60)  # a plain start runs no release command
+    p.wait_healthy("backend", 60)  # the first start ran it (v1: exit 0)
+    assert "release command done, starting the first instance" in p.log_text()
     old = live(p, "backend")["id"]
     code, last, events = swap(p, "backend", BACKEND_V2)
     assert last["ok"] is False, last
