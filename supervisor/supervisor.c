@@ -192,6 +192,8 @@ static void inst_free(struct instance *inst)
 		}
 	if (svc->live == inst)
 		svc->live = NULL;
+	if (svc->swap != NULL)
+		swap_forget_instance(svc->swap, inst);
 	health_free(inst->health);
 	event_free(inst->start_timer);
 	event_free(inst->unhealthy_timer);

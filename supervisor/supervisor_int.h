@@ -118,6 +118,9 @@ const char *sup_health_host(const struct supervisor *s, const struct svc_conf *c
 void swap_inst_started(struct swap_item *it, struct instance *inst, int ok, const char *err);
 void swap_inst_health(struct swap_item *it, struct instance *inst, bool pass, bool changed);
 void swap_inst_exited(struct swap_item *it, struct instance *inst, int code, bool oom);
+/* An instance a swap points at (old or candidate) is being freed, e.g. the
+ * old instance died on its own during the drain: drop the pointers. */
+void swap_forget_instance(struct swap *w, struct instance *inst);
 /* Replace the live instance of svc with a fresh one of its image, gated
  * (unhealthy_restart). 0 / -1 when a swap cannot start now. */
 int swap_internal_restart(struct supervisor *s, struct service *svc);

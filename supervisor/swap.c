@@ -633,6 +633,16 @@ void swap_inst_health(struct swap_item *it, struct instance *inst, bool pass, bo
 		item_ready(it);
 }
 
+void swap_forget_instance(struct swap *w, struct instance *inst)
+{
+	for (size_t i = 0; i < w->n; i++) {
+		if (w->items[i].old == inst)
+			w->items[i].old = NULL;
+		if (w->items[i].cand == inst)
+			w->items[i].cand = NULL;
+	}
+}
+
 void swap_inst_exited(struct swap_item *it, struct instance *inst, int code, bool oom)
 {
 	struct swap *w = it->w;

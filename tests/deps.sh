@@ -10,7 +10,7 @@ PKGS=(
 	# unit tests and fuzzing
 	libcmocka-dev clang libclang-rt-14-dev
 	# integration tests and their peers
-	python3 python3-pytest curl openssl
+	python3 python3-pytest python3-pytest-xdist curl openssl
 	docker.io docker-registry apache2-utils pebble
 	busybox-static gunicorn
 	# droplet files: systemd-analyze verify, cloud-init schema, man -l, make dist

@@ -16,8 +16,16 @@ export PYTHONDONTWRITEBYTECODE=1
 junit=$(mktemp)
 trap 'rm -f "$junit"' EXIT
 cd "$repo" || exit 1
+# Most integration tests wait on timers and peers, not on the CPU: run them
+# on PMD_TEST_JOBS workers (pytest-xdist; conftest.py keeps the tests that
+# share dockerd or Pebble on one worker). PMD_TEST_JOBS=1 runs them in turn.
+jobs=${PMD_TEST_JOBS:-3}
+par=()
+if [ "$jobs" -gt 1 ] && /usr/bin/python3 -c 'import xdist' 2>/dev/null; then
+	par=(-n "$jobs" --dist loadgroup)
+fi
 timeout 2400 /usr/bin/python3 -m pytest tests/integration -q -rfEs \
-	-p no:cacheprovider --junitxml="$junit" "$@" </dev/null
+	-p no:cacheprovider --junitxml="$junit" "${par[@]}" "$@" </dev/null
 rc=$?
 
 read -r passed failed skipped < <(/usr/bin/python3 - "$junit" <<'PY'

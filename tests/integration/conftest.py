@@ -85,3 +85,22 @@ def pebble():
     return _need("PMD_TEST_PEBBLE_DIR", "PMD_TEST_PEBBLE_CA", "PMD_TEST_PEBBLE_MGMT",
                  "PMD_TEST_PEBBLE_HTTP_PORT", "PMD_TEST_PEBBLE_TLS_PORT",
                  "PMD_TEST_CHALLTESTSRV")
+
+
+# Parallel runs (pytest-xdist, `-n N --dist loadgroup`): tests that share one
+# peer run on one worker, one after the other. The test dockerd is shared
+# (docker_env's teardown removes every pmd container), and so is Pebble's
+# http-01 validation port. Everything else runs wherever there is room.
+_DOCKER_MODULES = {"test_docker", "test_zero_downtime"}
+_PEBBLE_MODULES = {"test_acme"}
+
+
+@pytest.hookimpl(tryfirst=True)   # before xdist reads the groups
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        mod = item.module.__name__.rsplit(".", 1)[-1]
+        names = set(getattr(item, "fixturenames", ()))
+        if mod in _DOCKER_MODULES or names & {"docker_env", "registry"}:
+            item.add_marker(pytest.mark.xdist_group("docker"))
+        elif mod in _PEBBLE_MODULES or names & {"pebble", "own_pebble"}:
+            item.add_marker(pytest.mark.xdist_group("pebble"))

@@ -296,3 +296,29 @@ def test_first_start_runs_release_command_once(pmd_factory, tmp_path):
     p.start()
     p.wait_healthy("app")
     assert marker.read_text() == "x"       # deployed: not run again at start
+
+
+def test_old_instance_dying_during_the_drain(pmd_factory, tmp_path):
+    """The old instance dies on its own while the swap drains it (a
+    `docker rm -f`, an OOM kill): the swap ends cleanly, the new image
+    serves, and pmd stops cleanly afterwards (no use of the dead instance)."""
+    import socket
+    p = pmd_factory(app_sections(tmp_path, drain_timeout="10s"))
+    p.wait_healthy("app")
+    old_pid = live_pid(p)
+    # a request in flight on the old instance: its body never comes
+    s = socket.create_connection(("127.0.0.1", p.http_port), timeout=10)
+    s.sendall(b"POST /slow HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\n")
+    result = {}
+    t = threading.Thread(target=lambda: result.setdefault(
+        "swap", p.control_stream("POST", "/services/app/swap", {"image": "v2"})))
+    t.start()
+    p.wait_log(r'msg="switched" service=app', 15)
+    pmdtest.wait_for(lambda: p.service("app")["state"] == "swapping", 5, what="draining")
+    os.kill(old_pid, signal.SIGKILL)
+    t.join(20)
+    s.close()
+    st, events = result["swap"]
+    assert events[-1]["ok"] is True, events[-1]
+    assert p.get("/x").json()["tag"] == "v2"
+    assert p.service("app")["state"] == "running"
