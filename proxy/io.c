@@ -252,11 +252,17 @@ static void on_write(evutil_socket_t fd, short what, void *arg)
 	worker_flush(w);
 }
 
-static int io_buffers(struct io *io)
+/* The buffers and both events of io on fd: 0, or -1 with nothing left
+ * allocated (fd untouched). */
+static int io_setup(struct io *io, struct worker *w, int fd, event_callback_fn rd, event_callback_fn wr)
 {
+	io->w = w;
+	io->fd = fd;
 	io->in = evbuffer_new();
 	io->out = evbuffer_new();
-	if (io->in && io->out)
+	if (io->in && io->out &&
+	    event_assign(&io->rev, w->base, fd, EV_READ | EV_PERSIST, rd, io) == 0 &&
+	    event_assign(&io->wev, w->base, fd, EV_WRITE | EV_PERSIST, wr, io) == 0)
 		return 0;
 	if (io->in)
 		evbuffer_free(io->in);
@@ -268,19 +274,9 @@ static int io_buffers(struct io *io)
 
 int io_init_plain(struct io *io, struct worker *w, int fd, bool connecting)
 {
-	io->w = w;
-	io->fd = fd;
 	io->ssl = NULL;
-	if (io_buffers(io) < 0 ||
-	    event_assign(&io->rev, w->base, fd, EV_READ | EV_PERSIST, on_read, io) < 0 ||
-	    event_assign(&io->wev, w->base, fd, EV_WRITE | EV_PERSIST, on_write, io) < 0) {
-		if (io->in)
-			evbuffer_free(io->in);
-		if (io->out)
-			evbuffer_free(io->out);
-		io->in = io->out = NULL;
+	if (io_setup(io, w, fd, on_read, on_write) < 0)
 		return -1;
-	}
 	io->open = true;
 	io->connecting = connecting;
 	if (connecting)
@@ -447,18 +443,8 @@ static void tls_on_write(evutil_socket_t fd, short what, void *arg)
 
 int io_init_tls(struct io *io, struct worker *w, int fd, void *ssl)
 {
-	io->w = w;
-	io->fd = fd;
-	if (io_buffers(io) < 0 || !SSL_set_fd(ssl, fd) ||
-	    event_assign(&io->rev, w->base, fd, EV_READ | EV_PERSIST, tls_on_read, io) < 0 ||
-	    event_assign(&io->wev, w->base, fd, EV_WRITE | EV_PERSIST, tls_on_write, io) < 0) {
-		if (io->in) {
-			evbuffer_free(io->in);
-			evbuffer_free(io->out);
-			io->in = io->out = NULL;
-		}
+	if (!SSL_set_fd(ssl, fd) || io_setup(io, w, fd, tls_on_read, tls_on_write) < 0)
 		return -1;
-	}
 	SSL_set_mode(ssl, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
 		SSL_MODE_RELEASE_BUFFERS);
 	SSL_set_read_ahead(ssl, 1);  /* a record's header and body in one read(2) */

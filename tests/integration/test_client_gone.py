@@ -6,7 +6,6 @@ import socket
 import threading
 import time
 
-import pmdtest
 from pmdtest import wait_for
 from test_proxy import RawServer, recv_until, start_pmd
 

@@ -9,8 +9,8 @@ import socket
 import threading
 import time
 
-import pmdtest
 from pmdtest import http_request, wait_for
+from test_tls_data import start
 
 SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\.)*"'
                     r'(?:,[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\.)*")*\})? (-?[0-9.e+-]+|NaN|[+-]Inf)$')
@@ -89,17 +89,7 @@ def test_metrics_after_known_requests(pmd_factory, backend_server):
     backend_server.routes["/api/missing"] = lambda rec: (404, {"error": "none"})
     backend_server.routes["/web/slow"] = slow
     backend_server.routes["/web/hang"] = hang
-    port = pmdtest.free_port()
-    p = pmd_factory({
-        "proxy": {"https_listen": f"127.0.0.1:{port}", "redirect_https": False},
-        "tls": {"mode": "self-signed"},
-        "service backend": {"runtime": "external", "address": backend_server.address,
-                            "health_path": "/api/v1/health/", "health_interval": "1s",
-                            "healthy_threshold": 1},
-        "route api": {"prefix": "/api/", "service": "backend"},
-        "route web": {"prefix": "/web/", "service": "backend"},
-    })
-    p.wait_healthy("backend")
+    p = start(pmd_factory, backend_server, routes=(("api", "/api/"), ("web", "/web/")))
     _, before = metrics(p)
     base = {(n, tuple(sorted(l.items()))): v for n, l, v in before}
 

@@ -5,7 +5,6 @@ that goes away mid-response, and the handshake counter."""
 import hashlib
 import socket
 import ssl
-import threading
 import time
 
 import pytest
@@ -44,16 +43,20 @@ def read_response(s, buf=b""):
     return head, rest[:n], rest[n:]
 
 
-def start(pmd_factory, backend):
+def start(pmd_factory, backend, routes=(("all", "/"),)):
+    """pmd with HTTP and HTTPS (self-signed) listeners, service "backend" at
+    `backend`, routes [(name, prefix)] to it; .https_port set."""
     port = pmdtest.free_port()
-    p = pmd_factory({
+    sections = {
         "proxy": {"https_listen": f"127.0.0.1:{port}", "redirect_https": False},
         "tls": {"mode": "self-signed"},
         "service backend": {"runtime": "external", "address": backend.address,
                             "health_path": "/api/v1/health/", "health_interval": "1s",
                             "healthy_threshold": 1},
-        "route all": {"prefix": "/", "service": "backend"},
-    })
+    }
+    for name, prefix in routes:
+        sections[f"route {name}"] = {"prefix": prefix, "service": "backend"}
+    p = pmd_factory(sections)
     p.https_port = port
     p.wait_healthy("backend")
     return p
