@@ -116,3 +116,22 @@ def test_close_notify_and_handshakes(pmd_factory, backend_server):
     wait_for(lambda: p.status()["proxy"]["connections"] == 0, timeout=10, what="connections closed")
     hs = p.status()["proxy"]["tls_handshakes"] - before["proxy"]["tls_handshakes"]
     assert hs == 3
+
+
+@pytest.mark.parametrize("tls", [False, True])
+def test_pipelined_beyond_input_high_watermark(pmd_factory, backend_server, tls):
+    """Far more pipelined requests than pmd buffers from one client (reading
+    pauses at its high watermark and must resume as the heads are answered)."""
+    p = start(pmd_factory, backend_server)
+    n = 40
+    reqs = b"".join(b"GET /pipe/%d HTTP/1.1\r\nHost: t\r\nX-Pad: %s\r\n\r\n" % (i, b"p" * 4000)
+                    for i in range(n))
+    assert len(reqs) > 2 * 65536
+    s = connect(p.https_port) if tls else socket.create_connection(("127.0.0.1", p.http_port),
+                                                                  timeout=10)
+    with s:
+        s.sendall(reqs)          # the answers (small) wait in our receive buffer
+        rest = b""
+        for i in range(n):
+            head, body, rest = read_response(s, rest)
+            assert b'"/pipe/%d"' % i in body
