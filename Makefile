@@ -61,7 +61,7 @@ integration: all
 	@PMD_BUILD=$(abspath $(BUILD)) bash tests/run-integration.sh
 
 check: all
-	@PMD_BUILD=$(abspath $(BUILD)) SANITIZE=$(SANITIZE) bash tests/check.sh $(UNIT_BINS)
+	@PMD_BUILD=$(abspath $(BUILD)) PMD_CHECK_SANITIZED=$(SANITIZE) bash tests/check.sh $(UNIT_BINS)
 
 deps:
 	@bash tests/deps.sh

@@ -56,8 +56,8 @@ fi
 # The harnesses are always built with ASan+UBSan, so the SANITIZE=1 pass
 # does not run them a second time.
 fuzz_seconds=${FUZZ_SECONDS:-20}
-if [ "$fuzz_seconds" = 0 ] || [ "${SANITIZE:-}" = 1 ]; then
-	[ "${SANITIZE:-}" = 1 ] && echo "check: fuzz harnesses ran in the plain pass (they are sanitized builds already)" >&2
+if [ "$fuzz_seconds" = 0 ] || [ "${PMD_CHECK_SANITIZED:-}" = 1 ]; then
+	[ "${PMD_CHECK_SANITIZED:-}" = 1 ] && echo "check: fuzz harnesses ran in the plain pass (they are sanitized builds already)" >&2
 	echo "0 0 1" >"$tmp/fuzz.counts"
 elif printf 'int LLVMFuzzerTestOneInput(const char *d, unsigned long n) { (void)d; (void)n; return 0; }\n' |
 	"${CLANG:-clang}" -fsanitize=fuzzer,address,undefined -x c - -o "$tmp/fuzz-probe" >/dev/null 2>&1; then

@@ -494,7 +494,12 @@ def test_deploy_workflow():
 # -- systemd unit and make install -------------------------------------------------
 
 def make(*args, cwd=REPO, timeout=300):
-    r = subprocess.run(["make", "-s", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    """`make` as a user types it: not the variables of an outer `make check
+    SANITIZE=1` (MAKEFLAGS carries them into every make below it)."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "SANITIZE", "BUILD")}
+    r = subprocess.run(["make", "-s", *args], cwd=cwd, capture_output=True, text=True,
+                       timeout=timeout, env=env)
     assert r.returncode == 0, r.stdout + r.stderr
     return r
 
