@@ -13,6 +13,7 @@
  * returned as "FILE:LINE: message" ("FILE: message" when no line applies,
  * e.g. a default that conflicts with a missing section). */
 #include "config.h"
+#include "snapshot.h"
 #include "log.h"
 
 #include <arpa/inet.h>
@@ -1579,4 +1580,20 @@ uint64_t config_max_stop_ms(const struct pmd_config *c)
 		if (c->services[i].stop_timeout_ms > ms)
 			ms = c->services[i].stop_timeout_ms;
 	return ms;
+}
+
+void config_proxy_settings(const struct pmd_config *c, struct proxy_settings *ps)
+{
+	ps->redirect_https = c->redirect_https && c->tls_mode != TLS_OFF;
+	ps->max_connections = c->max_connections;
+	ps->max_header_bytes = c->max_header_bytes;
+	ps->max_body_bytes = c->max_body_bytes;
+	ps->client_header_timeout_ms = c->client_header_timeout_ms;
+	ps->idle_timeout_ms = c->idle_timeout_ms;
+	ps->upstream_connect_timeout_ms = c->upstream_connect_timeout_ms;
+	ps->upstream_response_timeout_ms = c->upstream_response_timeout_ms;
+	ps->hold_timeout_ms = c->hold_timeout_ms;
+	ps->drain_timeout_ms = config_max_drain_ms(c);
+	ps->access_log = c->access_log;
+	ps->log_json = c->log_format == LOG_JSON;
 }

@@ -104,19 +104,8 @@ static int fill_routes(const struct pmd_config *cfg, struct snapshot *s)
 
 static void fill_settings(const struct pmd_config *cfg, struct proxy_settings *ps)
 {
-	ps->redirect_https = cfg->redirect_https && cfg->tls_mode != TLS_OFF;
+	config_proxy_settings(cfg, ps);
 	ps->hsts = (cfg->tls_mode != TLS_OFF) ? xstrdup_or_null(cfg->hsts) : NULL;
-	ps->max_connections = cfg->max_connections;
-	ps->max_header_bytes = cfg->max_header_bytes;
-	ps->max_body_bytes = cfg->max_body_bytes;
-	ps->client_header_timeout_ms = cfg->client_header_timeout_ms;
-	ps->idle_timeout_ms = cfg->idle_timeout_ms;
-	ps->upstream_connect_timeout_ms = cfg->upstream_connect_timeout_ms;
-	ps->upstream_response_timeout_ms = cfg->upstream_response_timeout_ms;
-	ps->hold_timeout_ms = cfg->hold_timeout_ms;
-	ps->drain_timeout_ms = config_max_drain_ms(cfg);
-	ps->access_log = cfg->access_log;
-	ps->log_json = cfg->log_format; /* LOG_JSON == 1 */
 }
 
 /* Services with no supervisor yet (before start): names only, no instance,

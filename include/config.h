@@ -129,6 +129,10 @@ const struct svc_conf *config_service(const struct pmd_config *c, const char *na
  * longest stop_timeout: how long a graceful stop may take. */
 uint64_t config_max_drain_ms(const struct pmd_config *c);
 uint64_t config_max_stop_ms(const struct pmd_config *c);
+/* The proxy knobs of the config (include/snapshot.h); ps->hsts is left to
+ * the caller, who owns that string. */
+struct proxy_settings;
+void config_proxy_settings(const struct pmd_config *c, struct proxy_settings *ps);
 
 /* Strict value parsers shared with the control API ("30s", "1.5m" is
  * refused; units ms s m h d). 0 or -1. */

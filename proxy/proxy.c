@@ -413,21 +413,13 @@ static int addr_port(const struct listen_addr *a)
 	return ntohs(((const struct sockaddr_in6 *)&a->ss)->sin6_port);
 }
 
+/* Knobs used before the first snapshot arrives: no TLS context yet, so no
+ * redirect and no HSTS. */
 static void settings_from_config(const struct pmd_config *cfg, struct proxy_settings *ps)
 {
-	ps->redirect_https = false;  /* no TLS context before the first snapshot */
+	config_proxy_settings(cfg, ps);
+	ps->redirect_https = false;
 	ps->hsts = NULL;
-	ps->max_connections = cfg->max_connections;
-	ps->max_header_bytes = cfg->max_header_bytes;
-	ps->max_body_bytes = cfg->max_body_bytes;
-	ps->client_header_timeout_ms = cfg->client_header_timeout_ms;
-	ps->idle_timeout_ms = cfg->idle_timeout_ms;
-	ps->upstream_connect_timeout_ms = cfg->upstream_connect_timeout_ms;
-	ps->upstream_response_timeout_ms = cfg->upstream_response_timeout_ms;
-	ps->hold_timeout_ms = cfg->hold_timeout_ms;
-	ps->drain_timeout_ms = 30000;
-	ps->access_log = cfg->access_log;
-	ps->log_json = cfg->log_format;
 }
 
 struct proxy *proxy_new(const struct pmd_config *cfg, char **errp)
