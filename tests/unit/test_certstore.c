@@ -1,4 +1,5 @@
 // UNIT-DEPS: acme/certstore.c acme/csr.c acme/jws.c core/fsutil.c
+#include <ftw.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -28,12 +29,18 @@ static int setup(void **state)
 	return mkdtemp(dir) ? 0 : -1;
 }
 
+static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+	(void)sb;
+	(void)flag;
+	(void)ftw;
+	return remove(path);
+}
+
 static int teardown(void **state)
 {
 	(void)state;
-	char cmd[128];
-	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
-	return system(cmd) == 0 ? 0 : -1;
+	return nftw(dir, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
 }
 
 static const char *const names[] = { "example.test", "www.example.test" };
