@@ -1026,7 +1026,9 @@ static void docker_start(struct runtime_ctx *rt, const struct svc_conf *svc, str
 
 /* ---- stop ------------------------------------------------------------- */
 
-static void stop_gone(struct op *op, const struct httpc_response *res)
+/* Last step of stop and run_once: the container is gone, whatever the
+ * answer said. */
+static void op_last_step(struct op *op, const struct httpc_response *res)
 {
 	(void)res;
 	op_finish(op);
@@ -1038,7 +1040,7 @@ static void stop_removed(struct op *op, const struct httpc_response *res)
 
 	if (res->status == 409) { /* a removal is already in progress (a create's stale cleanup) */
 		snprintf(path, sizeof(path), "/containers/%s/wait?condition=removed", op->id);
-		op_call(op, "POST", path, NULL, CALL_TIMEOUT_MS, NULL, stop_gone);
+		op_call(op, "POST", path, NULL, CALL_TIMEOUT_MS, NULL, op_last_step);
 		return;
 	}
 	if (res->status != 204 && res->status != 404) {
@@ -1121,12 +1123,6 @@ static void docker_stop(struct runtime_ctx *rt, struct rt_instance *inst, unsign
 
 /* ---- run_once ----------------------------------------------------------- */
 
-static void once_removed(struct op *op, const struct httpc_response *res)
-{
-	(void)res;
-	op_finish(op);
-}
-
 static void once_logs(struct op *op, const struct httpc_response *res)
 {
 	char path[160];
@@ -1137,7 +1133,7 @@ static void once_logs(struct op *op, const struct httpc_response *res)
 		logring_flush(op->out);
 	}
 	snprintf(path, sizeof(path), "/containers/%s?force=true&v=false", op->id);
-	op_call(op, "DELETE", path, NULL, CALL_TIMEOUT_MS, NULL, once_removed);
+	op_call(op, "DELETE", path, NULL, CALL_TIMEOUT_MS, NULL, op_last_step);
 }
 
 static void once_fetch_logs(struct op *op)
