@@ -132,6 +132,24 @@ int config_parse_size(const char *s, uint64_t *bytes)
 	return parse_with_unit(s, size_units, bytes);
 }
 
+int config_parse_status_range(const char *s, int *lo, int *hi)
+{
+	const char *dash = strchr(s, '-');
+	uint64_t a, b;
+
+	if (parse_digits(s, dash ? (size_t)(dash - s) : strlen(s), &a) < 0)
+		return -1;
+	if (!dash)
+		b = a;
+	else if (parse_digits(dash + 1, strlen(dash + 1), &b) < 0)
+		return -1;
+	if (a < 100 || b > 599 || a > b)
+		return -1;
+	*lo = (int)a;
+	*hi = (int)b;
+	return 0;
+}
+
 static int parse_port(const char *s, int *port)
 {
 	uint64_t v;
@@ -244,6 +262,12 @@ static bool chk_urlpath(const char *s)
 
 /* route prefix, static path: "" is reported as a missing key instead */
 static bool chk_urlpath_opt(const char *s) { return !*s || chk_urlpath(s); }
+
+static bool chk_status_range(const char *s)
+{
+	int lo, hi;
+	return config_parse_status_range(s, &lo, &hi) == 0;
+}
 
 static bool chk_url(const char *s)
 {
@@ -494,6 +518,8 @@ static const struct key keys[] = {
 	{ .sect = S_SERVICE, .name = "health_path", .def = "/api/v1/health/", .off = SV(health_path), URLPATH },
 	{ .sect = S_SERVICE, .name = "health_host", .def = "", .off = SV(health_host),
 	  .check = chk_host_opt, .expect = "a host name like example.com" },
+	{ .sect = S_SERVICE, .name = "health_status", .def = "200-299", .off = SV(health_status),
+	  .check = chk_status_range, .expect = "an HTTP status or range like 200-299" },
 	{ .sect = S_SERVICE, .name = "health_interval", DUR(1), .def = "2s", .off = SV(health_interval_ms) },
 	{ .sect = S_SERVICE, .name = "health_timeout", DUR(1), .def = "2s", .off = SV(health_timeout_ms) },
 	{ .sect = S_SERVICE, .name = "healthy_threshold", .type = T_INT, .def = "2", .min = 1, .max = 100,

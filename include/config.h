@@ -51,6 +51,7 @@ struct svc_conf {
 	char *release_command;
 	char *health_path;
 	char *health_host;      /* "" = first of [tls] domains, else "localhost" */
+	char *health_status;    /* statuses that pass: "200-299" (config_parse_status_range) */
 	uint64_t health_interval_ms, health_timeout_ms;
 	int healthy_threshold, unhealthy_threshold;
 	uint64_t start_timeout_ms, drain_timeout_ms, stop_timeout_ms;
@@ -139,6 +140,8 @@ void config_proxy_settings(const struct pmd_config *c, struct proxy_settings *ps
 int config_parse_duration(const char *s, uint64_t *ms);
 /* "16k", "100m", "1g", or plain bytes. 0 or -1. */
 int config_parse_size(const char *s, uint64_t *bytes);
+/* "200-299" or "204": an HTTP status range within 100..599. 0 or -1. */
+int config_parse_status_range(const char *s, int *lo, int *hi);
 /* "127.0.0.1:80", "[::]:443", "0.0.0.0:8080". 0 or -1. */
 int config_parse_listen(const char *s, struct listen_addr *out);
 

@@ -5,8 +5,9 @@
  * Model (one for every runtime): an instance is `starting` until
  * `healthy_threshold` consecutive passes; `healthy` until
  * `unhealthy_threshold` consecutive failures make it `unhealthy`; back to
- * `healthy` after `healthy_threshold` passes. A check passes on a 2xx or
- * 3xx answer within health_timeout. */
+ * `healthy` after `healthy_threshold` passes. A check passes on an answer
+ * whose status is within [status_lo, status_hi] (health_status, 2xx by
+ * default: a redirect is not health) within health_timeout. */
 #ifndef PMD_HEALTH_H
 #define PMD_HEALTH_H
 
@@ -23,6 +24,8 @@ struct health_params {
 	const char *addr;          /* "127.0.0.1:8001"; copied */
 	const char *path;          /* "/api/v1/health/"; copied */
 	const char *host;          /* Host header; copied */
+	int status_lo, status_hi;  /* passing statuses; 0, 0 = 200-299 */
+	bool https;                /* send X-Forwarded-Proto: https (TLS is on) */
 	uint64_t interval_ms, timeout_ms;
 	int healthy_threshold, unhealthy_threshold;
 	/* Passes that make a `starting` instance healthy; 0 = healthy_threshold.
@@ -42,7 +45,8 @@ void health_free(struct health *h);     /* NULL ok; cancels the check in flight 
 enum health_state health_state(const struct health *h);
 int health_passes(const struct health *h);    /* consecutive */
 int health_fails(const struct health *h);     /* consecutive */
-/* Why the last check failed ("HTTP 500", "connection refused"), or "". */
+/* Why the last check failed ("HTTP 301 (expected 200-299)",
+ * "connection refused"), or "". */
 const char *health_last_error(const struct health *h);
 const char *health_state_name(enum health_state st);
 

@@ -16,6 +16,8 @@ struct health {
 	struct httpc_req *req;
 	char url[640];
 	char host_hdr[300];
+	int status_lo, status_hi;
+	bool https;
 	uint64_t interval_ms, timeout_ms;
 	int healthy_threshold, unhealthy_threshold, first_threshold;
 	enum health_state st;
@@ -74,13 +76,14 @@ static void check_done(void *arg, const struct httpc_response *res)
 {
 	struct health *h = arg;
 	enum health_state before = h->st;
-	bool pass = res->status >= 200 && res->status < 400;
+	bool pass = res->status >= h->status_lo && res->status <= h->status_hi;
 
 	h->req = NULL;
 	if (pass)
 		h->last_error[0] = '\0';
 	else if (res->status > 0)
-		snprintf(h->last_error, sizeof(h->last_error), "HTTP %ld", res->status);
+		snprintf(h->last_error, sizeof(h->last_error), "HTTP %ld (expected %d-%d)",
+			res->status, h->status_lo, h->status_hi);
 	else
 		snprintf(h->last_error, sizeof(h->last_error), "%s",
 			res->error != NULL ? res->error : "no answer");
@@ -96,7 +99,7 @@ static void check_done(void *arg, const struct httpc_response *res)
 static void check_start(evutil_socket_t fd, short what, void *arg)
 {
 	struct health *h = arg;
-	const char *headers[] = { h->host_hdr, NULL };
+	const char *headers[] = { h->host_hdr, h->https ? "X-Forwarded-Proto: https" : NULL, NULL };
 	struct httpc_opts o = {
 		.url = h->url,
 		.headers = headers,
@@ -130,6 +133,9 @@ struct health *health_new(struct event_base *base, struct httpc *httpc,
 	h->httpc = httpc;
 	snprintf(h->url, sizeof(h->url), "http://%s%s", p->addr, p->path);
 	snprintf(h->host_hdr, sizeof(h->host_hdr), "Host: %s", p->host);
+	h->status_lo = p->status_lo > 0 ? p->status_lo : 200;
+	h->status_hi = p->status_hi > 0 ? p->status_hi : 299;
+	h->https = p->https;
 	h->interval_ms = p->interval_ms > 0 ? p->interval_ms : 1000;
 	h->timeout_ms = p->timeout_ms > 0 ? p->timeout_ms : 1000;
 	h->healthy_threshold = p->healthy_threshold > 0 ? p->healthy_threshold : 1;

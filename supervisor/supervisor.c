@@ -216,7 +216,11 @@ static void health_begin(struct instance *inst)
 		.healthy_threshold = c->healthy_threshold,
 		.unhealthy_threshold = c->unhealthy_threshold,
 		.first_threshold = inst->adopted ? 1 : 0,
+		.https = svc->sup->cfg->tls_mode != TLS_OFF,
 	};
+
+	/* checked at load: the range parses */
+	(void)config_parse_status_range(c->health_status, &p.status_lo, &p.status_hi);
 
 	inst->health = health_new(svc->sup->base, svc->sup->httpc, &p, inst_health, inst);
 	if (inst->health == NULL)

@@ -27,6 +27,13 @@ class H(http.server.BaseHTTPRequestHandler):
             print(f"health check host={self.headers.get('Host')}", flush=True)
         bad = tag == "sick" or (bad_flag and os.path.exists(bad_flag))
         code = 500 if bad else 200
+        if self.path == "/health" and tag in ("redirect", "django"):
+            # Django's SECURE_SSL_REDIRECT: plain http is sent to https
+            # unless the proxy says the request came over TLS
+            proto = self.headers.get("X-Forwarded-Proto")
+            print(f"health check proto={proto}", flush=True)
+            if tag == "redirect" or proto != "https":
+                code = 301
         body = json.dumps({"tag": tag, "pid": os.getpid(),
                            "host": self.headers.get("Host")}).encode()
         self.send_response(code)
@@ -187,6 +194,35 @@ def test_swap_rollback_and_failed_swaps(pmd_factory, tmp_path):
     app = state["services"]["app"]
     assert app["image"] == "v1" and app["previous_images"][0] == "v2"
     assert [h["result"] for h in app["history"]] == ["ok", "failed", "failed", "ok"]
+
+
+def test_health_gate_refuses_redirects(pmd_factory, tmp_path):
+    """A health view that redirects (SECURE_SSL_REDIRECT) does not pass the
+    gate: 2xx only by default, the status seen is named; with TLS on the
+    checks say X-Forwarded-Proto: https, as proxied requests do."""
+    sections = app_sections(tmp_path, start_timeout="2s")
+    sections["proxy"] = {"https_listen": f"127.0.0.1:{pmdtest.free_port()}"}
+    sections["tls"] = {"mode": "self-signed"}
+    p = pmd_factory(sections)
+    p.wait_healthy("app")
+    st, events = p.control_stream("POST", "/services/app/swap", {"image": "redirect"})
+    res = events[-1]
+    assert res["ok"] is False, res
+    assert "HTTP 301 (expected 200-299)" in res["error"], res
+    assert any(e.get("event") == "health" and e.get("pass") is False for e in events), events
+    assert p.service("app")["image"] == "v1"
+    # the app redirects plain http only: with the header it answers 200
+    st, events = p.control_stream("POST", "/services/app/swap", {"image": "django"})
+    assert events[-1]["ok"] is True, events
+    p.wait_log(r'line="health check proto=https"')
+    assert "health check proto=None" not in p.log_text()
+
+
+def test_health_status_range_is_configurable(pmd_factory, tmp_path):
+    p = pmd_factory(app_sections(tmp_path, image="redirect", health_status="200-399"))
+    assert p.wait_healthy("app")["image"] == "redirect"
+    # TLS off: no X-Forwarded-Proto
+    p.wait_log(r'line="health check proto=None"')
 
 
 def test_state_survives_restart_and_corrupt_state(pmd_factory, tmp_path):

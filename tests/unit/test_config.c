@@ -95,6 +95,24 @@ static void test_durations(void **state)
 	}
 }
 
+static void test_status_ranges(void **state)
+{
+	static const char *const bad[] = { "", "2xx", "99", "600", "300-200", "200-", "-299",
+		"200-299-300", " 200", "200 - 299" };
+	int lo = 1, hi = 1;
+
+	(void)state;
+	assert_int_equal(config_parse_status_range("200-299", &lo, &hi), 0);
+	assert_int_equal(lo, 200);
+	assert_int_equal(hi, 299);
+	assert_int_equal(config_parse_status_range("204", &lo, &hi), 0);
+	assert_int_equal(lo, 204);
+	assert_int_equal(hi, 204);
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+		if (config_parse_status_range(bad[i], &lo, &hi) != -1)
+			fail_msg("accepted \"%s\"", bad[i]);
+}
+
 static void test_sizes(void **state)
 {
 	(void)state;
@@ -222,6 +240,7 @@ static void test_defaults(void **state)
 	assert_string_equal(s->release_command, "");
 	assert_string_equal(s->health_path, "/api/v1/health/");
 	assert_string_equal(s->health_host, "");
+	assert_string_equal(s->health_status, "200-299");
 	assert_true(s->health_interval_ms == 2000);
 	assert_true(s->health_timeout_ms == 2000);
 	assert_int_equal(s->healthy_threshold, 2);
@@ -807,6 +826,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_durations),
+		cmocka_unit_test(test_status_ranges),
 		cmocka_unit_test(test_sizes),
 		cmocka_unit_test(test_listen),
 		cmocka_unit_test(test_defaults),
