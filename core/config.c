@@ -482,6 +482,8 @@ static const struct key keys[] = {
 	{ .sect = S_PROXY, .name = "upstream_connect_timeout", DUR(1), .def = "5s", .off = P(upstream_connect_timeout_ms) },
 	{ .sect = S_PROXY, .name = "upstream_response_timeout", DUR(1), .def = "60s",
 	  .off = P(upstream_response_timeout_ms) },
+	{ .sect = S_PROXY, .name = "upstream_idle_timeout", DUR(0), .def = "300s",
+	  .off = P(upstream_idle_timeout_ms) },
 	{ .sect = S_PROXY, .name = "hold_timeout", DUR(0), .def = "10s", .off = P(hold_timeout_ms) },
 	{ .sect = S_PROXY, .name = "access_log", .type = T_BOOL, .def = "true", .off = P(access_log) },
 
@@ -1618,6 +1620,7 @@ void config_proxy_settings(const struct pmd_config *c, struct proxy_settings *ps
 	ps->idle_timeout_ms = c->idle_timeout_ms;
 	ps->upstream_connect_timeout_ms = c->upstream_connect_timeout_ms;
 	ps->upstream_response_timeout_ms = c->upstream_response_timeout_ms;
+	ps->upstream_idle_timeout_ms = c->upstream_idle_timeout_ms;
 	ps->hold_timeout_ms = c->hold_timeout_ms;
 	ps->drain_timeout_ms = config_max_drain_ms(c);
 	ps->access_log = c->access_log;

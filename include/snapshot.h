@@ -74,7 +74,8 @@ struct proxy_settings {
 	int max_connections;
 	uint64_t max_header_bytes, max_body_bytes;
 	uint64_t client_header_timeout_ms, idle_timeout_ms;
-	uint64_t upstream_connect_timeout_ms, upstream_response_timeout_ms;
+	uint64_t upstream_connect_timeout_ms, upstream_response_timeout_ms; /* to the response head */
+	uint64_t upstream_idle_timeout_ms;   /* between response body bytes; 0 = off */
 	uint64_t hold_timeout_ms;
 	uint64_t drain_timeout_ms;
 	bool access_log;

@@ -101,6 +101,7 @@ struct conn {
 	bool close_after, client_eof, client_paused, up_paused;
 	bool up_reusable;              /* the upstream may serve another request */
 	int status;
+	const char *reason;            /* why pmd ended the request (access log), or NULL */
 	int rslot;                     /* route counter slot of the request */
 	int tls_busy;                  /* TLS requests since the last quiet tick */
 	uint32_t head_len;
@@ -343,6 +344,10 @@ static void conn_log(struct conn *c, const struct proxy_settings *ps)
 		wb_put(&b, upname, strlen(upname));
 		WB_LIT(&b, "\",\"request_id\":\"");
 		wb_put(&b, c->rid, strlen(c->rid));
+		if (c->reason) {
+			WB_LIT(&b, "\",\"reason\":\"");
+			wb_put(&b, c->reason, strlen(c->reason));
+		}
 		WB_LIT(&b, "\"}");
 	} else {
 		WB_LIT(&b, "ts=");
@@ -365,6 +370,10 @@ static void conn_log(struct conn *c, const struct proxy_settings *ps)
 		wb_put(&b, upname, strlen(upname));
 		WB_LIT(&b, " request_id=");
 		wb_put(&b, c->rid, strlen(c->rid));
+		if (c->reason) {
+			WB_LIT(&b, " reason=");
+			wb_put(&b, c->reason, strlen(c->reason));
+		}
 	}
 	if (!b.over)
 		accesslog_add(c->w, line, b.n);
@@ -1143,6 +1152,7 @@ static void conn_request(struct conn *c, const struct http_request *req)
 		c->bytes_in = c->head_len;
 		c->bytes_out = 0;
 		c->status = 0;
+		c->reason = NULL;
 		copy_trunc(c->method, sizeof(c->method), req->method, req->method_len);
 		copy_trunc(c->target, sizeof(c->target), req->target, req->target_len);
 		const struct http_header *xr = http_find_header(req->headers, req->n_headers, "x-request-id");
@@ -1479,7 +1489,12 @@ static void up_read(struct io *io, void *arg)
 			return;
 		}
 		evbuffer_drain(in, (size_t)r);
-		timer_activity(c, worker_settings(w)->upstream_response_timeout_ms);
+		/* the response timeout ended with the head; the body may pause */
+		uint64_t idle = worker_settings(w)->upstream_idle_timeout_ms;
+		if (idle)
+			timer_activity(c, idle);
+		else
+			timer_set(c, T_NONE, 0);
 	}
 	response_body_pump(c);
 }
@@ -1668,6 +1683,7 @@ static void conn_begin_error_request(struct conn *c, size_t bytes_in)
 		c->rslot = 0;
 		c->bytes_in = bytes_in;
 		c->bytes_out = 0;
+		c->reason = NULL;
 		snprintf(c->method, sizeof(c->method), "-");
 		snprintf(c->target, sizeof(c->target), "-");
 		rid_generate(c->w, c->rid);
@@ -1731,6 +1747,7 @@ static void conn_timer_fire(struct conn *c)
 		}
 		if (c->state == CS_PROXY && c->res_head_done) {
 			STAT_ADD(c->w, upstream_errors, 1);
+			c->reason = "upstream_idle_timeout";
 			conn_cut(c);
 			return;
 		}

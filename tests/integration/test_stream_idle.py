@@ -1,0 +1,66 @@
+"""upstream_response_timeout bounds the wait for the response head only; the
+pause between body bytes is bounded by [proxy] upstream_idle_timeout, and a
+stream cut by it is logged as such (reason=upstream_idle_timeout).
+
+A real upstream (RawServer) sends server-sent events through the real pmd:
+one stream with an event every 2 s under a 1 s response timeout must arrive
+whole; one that goes quiet for longer than the idle timeout is cut (the
+chunked body never ends) and its access log line names the reason."""
+import socket
+import threading
+import time
+
+from test_proxy import RawServer, recv_until, start_pmd
+
+EVERY_S = 2.0
+
+
+def sse(c, head):
+    c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+              b"Transfer-Encoding: chunked\r\n\r\n")
+    events = 3 if head.startswith(b"GET /events ") else 1
+    for i in range(events):
+        data = f"data: {i}\n\n".encode()
+        c.sendall(b"%x\r\n%s\r\n" % (len(data), data))
+        if i + 1 < events:
+            time.sleep(EVERY_S)
+    if head.startswith(b"GET /quiet "):
+        time.sleep(6)               # longer than upstream_idle_timeout
+    c.sendall(b"0\r\n\r\n")
+
+
+def read_stream(port, path, out):
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as s:
+        s.sendall(b"GET %s HTTP/1.1\r\nHost: t\r\n\r\n" % path.encode())
+        t0 = time.monotonic()
+        out["data"] = recv_until(s, b"\r\n0\r\n\r\n", timeout=15)
+        out["s"] = time.monotonic() - t0
+
+
+def test_sse_outlives_response_timeout_idle_timeout_cuts(pmd_factory):
+    up = RawServer(sse)
+    try:
+        p = start_pmd(pmd_factory, [("all", "/", "web")], {"web": up.address},
+                      upstream_response_timeout="1s", upstream_idle_timeout="3s")
+        p.wait_healthy("web")
+        slow, quiet = {}, {}
+        threads = [threading.Thread(target=read_stream, args=(p.http_port, "/events", slow)),
+                   threading.Thread(target=read_stream, args=(p.http_port, "/quiet", quiet))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(20)
+        # events 2 s apart under a 1 s response timeout: all three, then the end
+        assert slow["data"].startswith(b"HTTP/1.1 200"), slow["data"][:200]
+        for i in range(3):
+            assert f"data: {i}\n\n".encode() in slow["data"]
+        assert slow["data"].endswith(b"\r\n0\r\n\r\n")
+        # quiet for 6 s with a 3 s idle timeout: cut, the body never ends
+        assert b"data: 0" in quiet["data"]
+        assert not quiet["data"].endswith(b"0\r\n\r\n"), quiet["data"]
+        line = p.wait_log(r"msg=request [^\n]*target=\"/quiet\"[^\n]*").group(0)
+        assert "status=200" in line and "reason=upstream_idle_timeout" in line, line
+        ok = p.wait_log(r"msg=request [^\n]*target=\"/events\"[^\n]*").group(0)
+        assert "reason=" not in ok, ok
+    finally:
+        up.close()
