@@ -469,7 +469,7 @@ static const struct command commands[] = {
 	  "Services, instances, health, images, certificate expiry and proxy counters as\n"
 	  "a table.\n\n"
 	  "  --json   print the /status document as pmd sends it\n" },
-	{ "swap", cmd_swap, "swap SERVICE IMAGE [SERVICE IMAGE ...] [--timeout DUR]",
+	{ "swap", cmd_swap, "swap SERVICE IMAGE [SERVICE IMAGE ...] [--timeout DUR] | swap --cancel SERVICE",
 	  "Blue/green swap: pull, release command, start the candidate beside the live\n"
 	  "instance, health gate, switch, drain. Several services in one call are one\n"
 	  "unit: all candidates are gated, then all switch together, or none does.\n"
@@ -478,7 +478,11 @@ static const struct command commands[] = {
 	  "failed instance's last log lines otherwise; 4 when a swap of the service is\n"
 	  "already running.\n\n"
 	  "  --timeout DUR   health gate deadline (ms, s, m, h, d; default: each\n"
-	  "                  service's start_timeout)\n" },
+	  "                  service's start_timeout)\n"
+	  "  --cancel        end the running swap of SERVICE before its switch: the\n"
+	  "                  pull is abandoned, candidates removed, live untouched;\n"
+	  "                  exit 4 when no swap of SERVICE is running or it has\n"
+	  "                  switched already (it only drains then)\n" },
 	{ "rollback", cmd_rollback, "rollback SERVICE [--timeout DUR]",
 	  "Swap back to the previous image, with the same gating as swap.\n" },
 	{ "restart", cmd_restart, "restart SERVICE [--timeout DUR]",
@@ -765,7 +769,7 @@ static int run_swap(const char *target, const char *body, const char *what)
 /* Parse [SERVICE IMAGE ...] [--timeout DUR]. `pairs`: positionals come in
  * SERVICE IMAGE pairs (swap) or are exactly one SERVICE. */
 static int parse_swap_args(int argc, char **argv, const struct command *cmd, bool pairs,
-	const char **pos, int *npos, const char **timeout, bool *help)
+	const char **pos, int *npos, const char **timeout, bool *cancel, bool *help)
 {
 	*npos = 0;
 	*timeout = NULL;
@@ -788,11 +792,20 @@ static int parse_swap_args(int argc, char **argv, const struct command *cmd, boo
 		}
 		if (missing)
 			return usage_error(cmd->name, "%s: expected a value", argv[i]);
+		if (cancel && strcmp(argv[i], "--cancel") == 0) {
+			*cancel = true;
+			continue;
+		}
 		if (argv[i][0] == '-')
 			return usage_error(cmd->name, "unknown option '%s'", argv[i]);
 		if (*npos == 2 * MAX_SWAP_PAIRS)
 			return usage_error(cmd->name, "at most %d services in one swap", MAX_SWAP_PAIRS);
 		pos[(*npos)++] = argv[i];
+	}
+	if (cancel && *cancel) {
+		if (*timeout)
+			return usage_error(cmd->name, "--cancel takes no --timeout");
+		pairs = false;   /* swap --cancel SERVICE */
 	}
 	if (pairs && (*npos == 0 || *npos % 2))
 		return usage_error(cmd->name, "expected SERVICE IMAGE pairs, got %d argument%s", *npos,
@@ -814,17 +827,35 @@ static int parse_swap_args(int argc, char **argv, const struct command *cmd, boo
 	return EX_OK;
 }
 
+/* swap --cancel SERVICE: the running swap's own pmctl reports the end. */
+static int swap_cancel(const char *service)
+{
+	char target[256], what[300];
+	char *raw = NULL;
+	int rc;
+
+	snprintf(target, sizeof(target), "/services/%s/cancel", service);
+	snprintf(what, sizeof(what), "cancel of the swap of %s", service);
+	rc = simple_request("POST", target, NULL, what, &raw, NULL);
+	if (rc == 0)
+		printf("swap of %s cancelled: candidates removed, the live instance untouched\n", service);
+	free(raw);
+	return rc;
+}
+
 static int cmd_swap(int argc, char **argv)
 {
 	const struct command *cmd = find_command("swap");
 	const char *pos[2 * MAX_SWAP_PAIRS], *timeout;
 	char target[256], what[256];
 	int npos;
-	bool help = false;
-	int rc = parse_swap_args(argc, argv, cmd, true, pos, &npos, &timeout, &help);
+	bool help = false, cancel = false;
+	int rc = parse_swap_args(argc, argv, cmd, true, pos, &npos, &timeout, &cancel, &help);
 
 	if (rc || help)
 		return rc;
+	if (cancel)
+		return swap_cancel(pos[0]);
 	cJSON *body = cJSON_CreateObject();
 	if (npos == 2) {
 		cJSON_AddStringToObject(body, "image", pos[1]);
@@ -857,7 +888,7 @@ static int swap_like(int argc, char **argv, const char *name)
 	char target[256], what[256];
 	int npos;
 	bool help = false;
-	int rc = parse_swap_args(argc, argv, cmd, false, pos, &npos, &timeout, &help);
+	int rc = parse_swap_args(argc, argv, cmd, false, pos, &npos, &timeout, NULL, &help);
 
 	if (rc || help)
 		return rc;

@@ -47,6 +47,8 @@ struct svc_conf {
 	enum net_mode network;
 	struct strlist volumes; /* docker only, repeatable */
 	enum pull_policy pull;
+	uint64_t pull_timeout_ms;       /* a whole pull */
+	uint64_t pull_stall_timeout_ms; /* a pull with no progress this long is aborted */
 	char *registry_auth_file;
 	char *release_command;
 	char *health_path;

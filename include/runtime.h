@@ -68,9 +68,14 @@ struct runtime_ctx {
 
 struct runtime_ops {
 	const char *name;
-	/* Make `image` available (docker pull per svc->pull with credentials). */
+	/* Make `image` available (docker pull per svc->pull with credentials).
+	 * Fails when it takes longer than svc->pull_timeout_ms or makes no
+	 * progress for svc->pull_stall_timeout_ms (the error says which). */
 	void (*pull)(struct runtime_ctx *rt, const struct svc_conf *svc, const char *image,
 		rt_progress_fn progress, rt_done_fn done, void *arg);
+	/* Abandon the pull started with `arg`: neither progress nor done is
+	 * called for it afterwards. No-op when there is none. */
+	void (*pull_cancel)(struct runtime_ctx *rt, void *arg);
 	/* Start inst (inst->image, ->color, ->host_port set by the supervisor
 	 * for host networking). env is the service's full environment
 	 * ("K=V", NULL-terminated, PORT included). On success inst->id and

@@ -74,6 +74,14 @@ struct swap *supervisor_swap(struct supervisor *s, const struct swap_request *re
 	int *status, char **errp);
 /* The requester went away: the swap goes on, its callbacks are not called. */
 void swap_detach(struct swap *w);
+/* Cancel the running swap of `service` (every service of its unit): a
+ * pull in flight is abandoned, candidates are stopped and removed, the
+ * live instances stay; the swap's requester gets ok:false, "cancelled".
+ * A release command already running is let finish (it is bounded by the
+ * swap's timeout). 0, or -1 with *status = 404 (unknown service), 409 (no
+ * swap running, or it has switched already: it only drains now) and
+ * *errp set. */
+int supervisor_swap_cancel(struct supervisor *s, const char *service, int *status, char **errp);
 
 /* Last lines of a service's live instance. */
 typedef void (*supervisor_logs_fn)(void *arg, int ok, const char *err,

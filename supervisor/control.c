@@ -644,6 +644,21 @@ static void handle_reload(struct conn *c)
 	send_json(c, rc == 0 ? 200 : 422, doc, false);
 }
 
+static void handle_cancel(struct conn *c, const char *svc)
+{
+	char *err = NULL;
+	int status = 500;
+	int rc = supervisor_swap_cancel(c->ctl->d->sup, svc, &status, &err);
+
+	log_info("control: swap cancel requested service=%s uid=%u result=%s", svc,
+		(unsigned)c->uid, rc == 0 ? "ok" : "refused");
+	if (rc == 0)
+		send_json(c, 200, result_doc(true, NULL), false);
+	else
+		send_error(c, status, err ? err : "cancel refused");
+	free(err);
+}
+
 static void handle_metrics(struct conn *c)
 {
 	struct evbuffer *buf = evbuffer_new();
@@ -709,7 +724,7 @@ static void dispatch(struct conn *c, const struct http_request *r, const char *b
 		const char *slash = memchr(name, '/', (size_t)(end - name));
 		char svc[256];
 		if (!slash || slash == name || (size_t)(slash - name) >= sizeof(svc)) {
-			send_error(c, 404, "not found: use /services/NAME/{swap,rollback,restart,logs}");
+			send_error(c, 404, "not found: use /services/NAME/{swap,rollback,restart,cancel,logs}");
 			return;
 		}
 		memcpy(svc, name, (size_t)(slash - name));
@@ -726,11 +741,14 @@ static void dispatch(struct conn *c, const struct http_request *r, const char *b
 		} else if (ACT("restart")) {
 			if (method_is(c, r, "POST"))
 				handle_swap(c, SWAP_RESTART, svc, body, len);
+		} else if (ACT("cancel")) {
+			if (method_is(c, r, "POST"))
+				handle_cancel(c, svc);
 		} else if (ACT("logs")) {
 			if (method_is(c, r, "GET"))
 				handle_logs(c, svc, query, qlen);
 		} else {
-			send_error(c, 404, "not found: use /services/NAME/{swap,rollback,restart,logs}");
+			send_error(c, 404, "not found: use /services/NAME/{swap,rollback,restart,cancel,logs}");
 		}
 #undef ACT
 	} else {

@@ -17,6 +17,7 @@
 #include "runtime.h"
 
 #include <cjson/cJSON.h>
+#include <curl/curl.h>
 #include <errno.h>
 #include <event2/event.h>
 #include <stdarg.h>
@@ -66,6 +67,8 @@ struct op {
 	char *line;                    /* NDJSON line being assembled */
 	size_t line_len, line_cap;
 	time_t last_progress;
+	uint64_t pull_timeout_ms, stall_ms;
+	struct event *stall;           /* no byte of the pull's answer for stall_ms */
 	/* logs, run_once */
 	struct logring *out;
 	struct docker_demux demux;
@@ -338,6 +341,8 @@ static void op_free(struct op *op)
 	free(op->err);
 	free(op->auth_file);
 	free(op->line);
+	if (op->stall)
+		event_free(op->stall);
 	logring_free(op->out);
 	for (size_t i = 0; i < op->n_victims; i++)
 		free(op->victims[i]);
@@ -559,6 +564,25 @@ static void op_abandon(struct op *op)
 	op_free(op);
 }
 
+static void docker_pull_cancel(struct runtime_ctx *rt, void *arg)
+{
+	(void)rt;
+	for (struct op *o = live_ops, *nx; o; o = nx) {
+		nx = o->next_op;
+		if (o->kind != OP_PULL || o->arg != arg)
+			continue;
+		log_info("docker pull cancelled image=%s", log_q(o->image));
+		if (o->deferred) {
+			/* its pending event still points at it: report to no one */
+			o->done = NULL;
+			o->progress = NULL;
+			continue;
+		}
+		op_abandon(o);
+		nx = live_ops;
+	}
+}
+
 static void docker_release(struct rt_instance *inst)
 {
 	struct dpriv *p = inst ? inst->priv : NULL;
@@ -583,9 +607,18 @@ static void docker_release(struct rt_instance *inst)
 
 /* ---- pull ------------------------------------------------------------- */
 
+static void arm_stall(struct op *op)
+{
+	struct timeval tv = { (time_t)(op->stall_ms / 1000), (suseconds_t)(op->stall_ms % 1000) * 1000 };
+
+	evtimer_add(op->stall, &tv);
+}
+
 static int pull_data(void *arg, const char *data, size_t len)
 {
 	struct op *op = arg;
+
+	arm_stall(op);
 
 	for (size_t i = 0; i < len; i++) {
 		char out[160];
@@ -625,8 +658,29 @@ static int pull_data(void *arg, const char *data, size_t len)
 	return 0;
 }
 
+/* The engine sent nothing for stall_ms: a registry that stopped sending
+ * mid-blob, or an engine that accepted the call and never answers. */
+static void pull_stalled(evutil_socket_t fd, short what, void *arg)
+{
+	struct op *op = arg;
+
+	(void)fd;
+	(void)what;
+	httpc_cancel(op->req);
+	op->req = NULL;
+	log_warn("docker pull stalled, aborting image=%s stall_ms=%llu", log_q(op->image),
+		(unsigned long long)op->stall_ms);
+	op_fail(op, "%s: no progress for %llums (pull_stall_timeout): the registry or the "
+		"Docker engine stalled", op->what, (unsigned long long)op->stall_ms);
+}
+
 static void pull_done(struct op *op, const struct httpc_response *res)
 {
+	if (res->curl_code == CURLE_OPERATION_TIMEDOUT && !op->err) {
+		op_fail(op, "%s: not finished within %llums (pull_timeout)", op->what,
+			(unsigned long long)op->pull_timeout_ms);
+		return;
+	}
 	if (res->status != 200 && !op->err) {
 		char *m;
 
@@ -662,7 +716,9 @@ static void pull_go(struct op *op, const struct httpc_response *res)
 	snprintf(path, sizeof(path), "/images/create?fromImage=%s&tag=%s", name, tag);
 	if (op->progress)
 		op->progress(op->arg, "pulling");
-	op_call(op, "POST", path, NULL, 0, pull_data, pull_done);
+	op_call(op, "POST", path, NULL, (long)op->pull_timeout_ms, pull_data, pull_done);
+	if (op->req)
+		arm_stall(op);
 }
 
 static void pull_checked(struct op *op, const struct httpc_response *res)
@@ -739,6 +795,12 @@ static void docker_pull(struct runtime_ctx *rt, const struct svc_conf *svc, cons
 	snprintf(op->image, sizeof(op->image), "%s", image);
 	snprintf(op->what, sizeof(op->what), "docker pull %s", image);
 	op->retried = svc->pull == PULL_MISSING;
+	op->pull_timeout_ms = svc->pull_timeout_ms;
+	op->stall_ms = svc->pull_stall_timeout_ms > 0 ? svc->pull_stall_timeout_ms : 60000;
+	if (!(op->stall = evtimer_new(rt->base, pull_stalled, op))) {
+		op_fail_later(op, NULL);
+		return;
+	}
 	if (docker_image_parse(image, &r, &err) < 0 || pull_auth(op, svc, r.registry, &err) < 0) {
 		if (asprintf(&e2, "%s: %s", op->what, err ? err : "failed") < 0)
 			e2 = NULL;
@@ -846,7 +908,8 @@ static void missing_pulled(void *arg, int ok, const char *err)
  * `docker run` does, then create again. */
 static void pull_missing(struct op *op)
 {
-	struct svc_conf sc = { .pull = PULL_ALWAYS, .registry_auth_file = op->auth_file };
+	struct svc_conf sc = { .pull = PULL_ALWAYS, .registry_auth_file = op->auth_file,
+		.pull_timeout_ms = op->pull_timeout_ms, .pull_stall_timeout_ms = op->stall_ms };
 
 	op->pulled = 1;
 	log_info("image not present, pulling it name=%s image=%s", op->name, log_q(op->image));
@@ -1006,6 +1069,8 @@ static void docker_start(struct runtime_ctx *rt, const struct svc_conf *svc, str
 	op->done = done;
 	op->network = svc->network;
 	op->container_port = svc->port;
+	op->pull_timeout_ms = svc->pull_timeout_ms;
+	op->stall_ms = svc->pull_stall_timeout_ms;
 	snprintf(op->name, sizeof(op->name), "%s", inst->name);
 	snprintf(op->image, sizeof(op->image), "%s", inst->image);
 	snprintf(op->what, sizeof(op->what), "docker create %s", op->name);
@@ -1530,6 +1595,7 @@ static void docker_prune(struct runtime_ctx *rt, const struct svc_conf *svc, con
 const struct runtime_ops runtime_docker_ops = {
 	.name = "docker",
 	.pull = docker_pull,
+	.pull_cancel = docker_pull_cancel,
 	.start = docker_start,
 	.stop = docker_stop,
 	.run_once = docker_run_once,

@@ -792,6 +792,45 @@ oom:
 	return NULL;
 }
 
+int supervisor_swap_cancel(struct supervisor *s, const char *service, int *status, char **errp)
+{
+	struct service *svc = sup_service(s, service);
+	struct swap *w = svc != NULL ? svc->swap : NULL;
+	char msg[300];
+
+	if (svc == NULL) {
+		snprintf(msg, sizeof(msg), "unknown service %s", service);
+		fail_status(status, 404, errp, msg);
+		return -1;
+	}
+	if (w == NULL) {
+		snprintf(msg, sizeof(msg), "no swap of service %s is running", svc->name);
+		fail_status(status, 409, errp, msg);
+		return -1;
+	}
+	if (w->phase != SWP_BEGIN && w->phase != SWP_GATE && w->phase != SWP_ABORT) {
+		snprintf(msg, sizeof(msg), "the swap of service %s has switched already; the old "
+			"instance is draining", svc->name);
+		fail_status(status, 409, errp, msg);
+		return -1;
+	}
+	log_info("swap cancel requested service=%s", svc->name);
+	if (w->phase == SWP_ABORT)
+		return 0;   /* failing already: candidates are being removed */
+	for (size_t i = 0; i < w->n; i++) {
+		struct swap_item *it = &w->items[i];
+
+		if (it->busy && it->phase == IT_PULL && it->svc->ops->pull_cancel != NULL) {
+			it->svc->ops->pull_cancel(&s->rt, it);
+			it->busy = false;
+		}
+	}
+	snprintf(msg, sizeof(msg), "cancelled (pmctl swap --cancel %s)", svc->name);
+	/* may end and free w */
+	swap_fail(w, NULL, msg, NULL);
+	return 0;
+}
+
 void swap_detach(struct swap *w)
 {
 	if (w != NULL)
