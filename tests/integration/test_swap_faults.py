@@ -22,25 +22,14 @@ import pytest
 import pmdtest
 from pmdtest import docker, wait_for
 
-DOCKER_NEEDED = ("PMD_TEST_DOCKER_SOCKET", "PMD_TEST_REGISTRY", "PMD_TEST_REGISTRY_USER",
-                 "PMD_TEST_REGISTRY_PASSWORD", "PMD_TEST_REGISTRY_AUTH_FILE",
-                 "PMD_TEST_IMAGE_FRONTEND", "PMD_TEST_IMAGE_FRONTEND_V2")
-
-
-def need_docker():
-    missing = [n for n in DOCKER_NEEDED if not os.environ.get(n)]
-    if missing:
-        pytest.skip(f"needs {', '.join(missing)} (tests/services.sh)")
-    return {n: os.environ[n] for n in DOCKER_NEEDED}
-
-
 @pytest.fixture
-def dk():
-    """The test dockerd and registry; pmd's containers removed after."""
-    env = need_docker()
-    pmdtest.docker_rm_pmd_containers()
-    yield env
-    pmdtest.docker_rm_pmd_containers()
+def dk(docker_env, registry):
+    """The test dockerd and registry (conftest's fixtures remove pmd's
+    containers after), and the second frontend image."""
+    if not os.environ.get("PMD_TEST_IMAGE_FRONTEND_V2"):
+        pytest.skip("needs PMD_TEST_IMAGE_FRONTEND_V2 (tests/services.sh)")
+    return dict(docker_env, **registry,
+                PMD_TEST_IMAGE_FRONTEND_V2=os.environ["PMD_TEST_IMAGE_FRONTEND_V2"])
 
 
 def web_conf(env, **over):
