@@ -27,6 +27,7 @@ struct rt_instance {
 	char service[64];
 	char color[8];           /* "blue" | "green" | "once" */
 	char image[512];
+	char image_id[80];       /* docker: the image ID it runs ("" unknown) */
 	int host_port;           /* where pmd reaches it on 127.0.0.1 */
 	char addr[64];           /* "127.0.0.1:PORT" (or external address) */
 	pid_t pid;               /* exec */
@@ -51,6 +52,17 @@ typedef void (*rt_progress_fn)(void *arg, const char *line);
 typedef void (*rt_once_fn)(void *arg, int exit_code, const char *err, struct logring *output);
 /* Logs fetched: lines oldest first. */
 typedef void (*rt_logs_fn)(void *arg, int ok, const char *err, struct logring *lines);
+
+/* An image keep_images may remove: the reference an instance was started
+ * by and the image ID it ran. gone: set by prune when it is removed (or
+ * was already gone); left unset when it must stay (in use, removal failed). */
+struct rt_image {
+	char ref[512];
+	char id[80];
+	bool gone;
+};
+typedef void (*rt_pruned_fn)(void *arg, int ok, const char *err, const struct rt_image *imgs,
+	size_t n);
 
 /* Adoption: an instance found running at start (docker labels). */
 struct rt_found {
@@ -98,9 +110,13 @@ struct runtime_ops {
 	/* Attach to a found instance (adoption) and watch its exit. */
 	void (*adopt)(struct runtime_ctx *rt, const struct svc_conf *svc, struct rt_instance *inst,
 		rt_exit_fn on_exit, rt_done_fn done, void *arg);
-	/* Remove images of svc beyond keep (never `keep` newest, never in use). */
-	void (*prune)(struct runtime_ctx *rt, const struct svc_conf *svc, const char *const *keep,
-		size_t n_keep, rt_done_fn done, void *arg);
+	/* Remove the images that instances of svc ran and that it no longer
+	 * keeps: each name in imgs only (never another name of the image),
+	 * never an image a container uses; an image whose name now names
+	 * another image goes by its ID only when nothing names it. done gets
+	 * imgs back with `gone` set. */
+	void (*prune)(struct runtime_ctx *rt, const struct svc_conf *svc, const struct rt_image *imgs,
+		size_t n, rt_pruned_fn done, void *arg);
 	/* Free priv of an instance that is gone. */
 	void (*release)(struct rt_instance *inst);
 };

@@ -1,6 +1,8 @@
 /* state — state.json in state_dir: what pmd must remember across its own
  * restarts, per service: the live image, colour and instance id, previous
- * images (rollback, keep_images), the last swap and a short deploy history.
+ * images (rollback, keep_images), the images its instances ran (the only
+ * ones keep_images prunes), the last swap and a short deploy history.
+ * Files of older versions without some lists load with those lists empty.
  * Written atomically after every change (fs_write_atomic). Main thread. */
 #ifndef PMD_STATE_H
 #define PMD_STATE_H
@@ -12,6 +14,14 @@ struct cJSON;
 
 #define STATE_MAX_PREVIOUS 16
 #define STATE_HISTORY 10
+#define STATE_MAX_DEPLOYED 32
+
+/* An image an instance of the service ran (what keep_images may prune):
+ * the reference it was started by and the image ID it resolved to. */
+struct state_image {
+	char ref[512];
+	char id[80];             /* "sha256:..."; "" unknown */
+};
 
 /* One swap (image swap, rollback or restart) as remembered. */
 struct state_swap {
@@ -34,6 +44,8 @@ struct state_service {
 	struct state_swap last_swap;
 	struct state_swap history[STATE_HISTORY]; /* newest first */
 	size_t n_history;
+	struct state_image deployed[STATE_MAX_DEPLOYED]; /* oldest first */
+	size_t n_deployed;
 };
 
 struct state {
@@ -53,6 +65,12 @@ struct state_service *state_service(struct state *st, const char *name, bool cre
 void state_push_previous(struct state_service *ss, const char *image);
 /* Drop `image` from the previous images (it is live again). */
 void state_remove_previous(struct state_service *ss, const char *image);
+/* Remember that an instance ran ref (image id): appended as the newest,
+ * replacing an older entry of the same ref; the oldest beyond
+ * STATE_MAX_DEPLOYED is forgotten (then never pruned). "" ref is ignored. */
+void state_add_deployed(struct state_service *ss, const char *ref, const char *id);
+/* Forget the entry of ref with that id (pruned or gone). */
+void state_remove_deployed(struct state_service *ss, const char *ref, const char *id);
 /* Record a finished swap: last_swap and the front of history. */
 void state_record_swap(struct state_service *ss, const struct state_swap *sw);
 

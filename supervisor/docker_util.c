@@ -696,6 +696,8 @@ int docker_parse_inspect(const char *json, int container_port, struct docker_con
 	out->tty = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(config, "Tty"));
 	if (!out->image[0] && (v = json_str(config, "Image")))
 		snprintf(out->image, sizeof(out->image), "%s", v);
+	if ((v = json_str(j, "Image")))
+		snprintf(out->image_id, sizeof(out->image_id), "%s", v);
 	state = cJSON_GetObjectItemCaseSensitive(j, "State");
 	out->running = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(state, "Running"));
 	out->oom = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(state, "OOMKilled"));

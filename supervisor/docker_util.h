@@ -123,6 +123,7 @@ char *docker_error_text(const char *body, long status);
 
 struct docker_container {
 	char id[80], name[96], service[64], color[8], image[512];
+	char image_id[80];          /* inspect: the image ID ("sha256:...") it runs */
 	bool managed, running, oom, tty;
 	int exit_code;
 	int host_port;              /* pmd.port label, else the 127.0.0.1 binding */

@@ -74,10 +74,9 @@ struct op {
 	struct docker_demux demux;
 	int tail;
 	/* prune */
-	char **victims;
-	size_t n_victims, i_victim;
-	char **keep;
-	size_t n_keep;
+	struct rt_image *imgs;
+	size_t n_imgs, i_img;
+	cJSON *ctrs;                   /* the container list: images in use */
 	/* callbacks */
 	rt_done_fn done;
 	rt_progress_fn progress;
@@ -85,6 +84,7 @@ struct op {
 	rt_once_fn once_done;
 	rt_logs_fn logs_done;
 	rt_list_fn list_done;
+	rt_pruned_fn pruned;
 	void *arg;
 };
 
@@ -344,12 +344,8 @@ static void op_free(struct op *op)
 	if (op->stall)
 		event_free(op->stall);
 	logring_free(op->out);
-	for (size_t i = 0; i < op->n_victims; i++)
-		free(op->victims[i]);
-	free(op->victims);
-	for (size_t i = 0; i < op->n_keep; i++)
-		free(op->keep[i]);
-	free(op->keep);
+	free(op->imgs);
+	cJSON_Delete(op->ctrs);
 	free(op);
 }
 
@@ -360,9 +356,12 @@ static void op_finish(struct op *op)
 
 	op_unlink(op); /* the callback may release op->inst: not ours to abandon then */
 	switch (op->kind) {
-	case OP_PULL: case OP_START: case OP_STOP: case OP_ADOPT: case OP_PRUNE:
+	case OP_PULL: case OP_START: case OP_STOP: case OP_ADOPT:
 		if (op->done)
 			op->done(op->arg, ok, op->err);
+		break;
+	case OP_PRUNE:
+		op->pruned(op->arg, ok, op->err, op->imgs, op->n_imgs);
 		break;
 	case OP_ONCE:
 		op->once_done(op->arg, ok ? op->exit_code : -1, op->err, op->out);
@@ -1023,6 +1022,7 @@ static void start_inspected(struct op *op, const struct httpc_response *res)
 		inst->host_port = c.host_port;
 	}
 	snprintf(inst->addr, sizeof(inst->addr), "127.0.0.1:%d", inst->host_port);
+	snprintf(inst->image_id, sizeof(inst->image_id), "%s", c.image_id);
 	inst->started_at = (long)time(NULL);
 	p = inst->priv;
 	p->container_port = op->container_port;
@@ -1416,6 +1416,7 @@ static void adopt_inspected(struct op *op, const struct httpc_response *res)
 	}
 	if (!inst->image[0])
 		snprintf(inst->image, sizeof(inst->image), "%s", c.image);
+	snprintf(inst->image_id, sizeof(inst->image_id), "%s", c.image_id);
 	snprintf(inst->addr, sizeof(inst->addr), "127.0.0.1:%d", inst->host_port);
 	if (!inst->started_at)
 		inst->started_at = (long)time(NULL);
@@ -1452,143 +1453,131 @@ static void docker_adopt(struct runtime_ctx *rt, const struct svc_conf *svc, str
 
 /* ---- prune ------------------------------------------------------------- */
 
+/* One image after the other: inspect it by ID, then remove the name it
+ * ran under (Docker deletes the image with its last name) or, when that
+ * name has moved to another image and nothing names this one, the image by
+ * ID. Names pmd never ran (other tags of the repository) are never touched. */
 static void prune_next(struct op *op);
+
+static struct rt_image *prune_cur(struct op *op)
+{
+	return &op->imgs[op->i_img - 1];
+}
 
 static void prune_removed(struct op *op, const struct httpc_response *res)
 {
-	const char *ref = op->victims[op->i_victim - 1];
+	struct rt_image *im = prune_cur(op);
 
-	if (res->status == 200)
-		log_info("image removed ref=%s", log_q(ref));
-	else if (res->status != 404) {
+	if (res->status == 200 || res->status == 404) {
+		im->gone = true;
+		if (res->status == 200)
+			log_info("image removed service=%s ref=%s id=%.19s", op->name, log_q(im->ref), im->id);
+	} else {
 		char *m = res->error ? strdup(res->error) : docker_error_text(res->body, res->status);
-		log_warn("image not removed ref=%s error=%s", log_q(ref), log_q(m ? m : "failed"));
+		log_warn("image not removed service=%s ref=%s error=%s", op->name, log_q(im->ref),
+			log_q(m ? m : "failed"));
 		free(m);
 	}
 	prune_next(op);
 }
 
-static void prune_next(struct op *op)
-{
-	char path[1200];
-
-	if (op->i_victim == op->n_victims) {
-		op_finish(op);
-		return;
-	}
-	snprintf(path, sizeof(path), "/images/%s", op->victims[op->i_victim++]);
-	op_call(op, "DELETE", path, NULL, CALL_TIMEOUT_MS, NULL, prune_removed);
-}
-
-/* Does one of refs (RepoTags or RepoDigests) name an image to keep? */
-static int kept(const struct op *op, const cJSON *refs)
+/* Does the string array `refs` hold s? */
+static int names(const cJSON *refs, const char *s)
 {
 	const cJSON *t;
 
 	cJSON_ArrayForEach(t, refs)
-		for (size_t i = 0; i < op->n_keep; i++)
-			if (cJSON_IsString(t) && strcmp(t->valuestring, op->keep[i]) == 0)
-				return 1;
+		if (cJSON_IsString(t) && strcmp(t->valuestring, s) == 0)
+			return 1;
 	return 0;
 }
 
-/* op->body holds the images document; res is the container list. */
-static void prune_containers(struct op *op, const struct httpc_response *res)
+static void prune_inspected(struct op *op, const struct httpc_response *res)
 {
-	cJSON *imgs = NULL, *ctrs = NULL, *im, *c;
-	size_t n_refs = 0, n = 0;
+	struct rt_image *im = prune_cur(op);
+	cJSON *doc;
+	const cJSON *tags, *digests;
+	char path[700];
+	int by_name, unnamed;
 
-	if (res->status != 200) {
+	if (res->status == 404) {           /* removed by someone else */
+		im->gone = true;
+		prune_next(op);
+		return;
+	}
+	if (res->status != 200 || !(doc = cJSON_Parse(res->body))) {
 		op_fail_res(op, res);
 		return;
 	}
-	imgs = cJSON_Parse(op->body);
-	ctrs = cJSON_Parse(res->body);
-	cJSON_ArrayForEach(im, imgs)
-		n_refs += (size_t)cJSON_GetArraySize(cJSON_GetObjectItem(im, "RepoTags")) +
-			(size_t)cJSON_GetArraySize(cJSON_GetObjectItem(im, "RepoDigests"));
-	op->victims = calloc(n_refs + 1, sizeof(*op->victims));
-	cJSON_ArrayForEach(im, imgs) {
-		const char *id = cJSON_GetStringValue(cJSON_GetObjectItem(im, "Id"));
-		const char *lists[] = { "RepoTags", "RepoDigests" };
-		int used = 0;
-
-		if (!id || !op->victims || kept(op, cJSON_GetObjectItem(im, lists[0])) ||
-		    kept(op, cJSON_GetObjectItem(im, lists[1])))
-			continue;
-		cJSON_ArrayForEach(c, ctrs) {
-			const char *cid = cJSON_GetStringValue(cJSON_GetObjectItem(c, "ImageID"));
-			used |= cid && strcmp(cid, id) == 0;
-		}
-		if (used)
-			continue;
-		/* Remove this service's names of the image (the image goes with
-		 * its last name); names in other repositories stay. */
-		for (size_t l = 0; l < 2; l++) {
-			const cJSON *r;
-
-			cJSON_ArrayForEach(r, cJSON_GetObjectItem(im, lists[l])) {
-				const char *ref = cJSON_GetStringValue(r);
-				size_t nl = strlen(op->image);
-
-				if (ref && strncmp(ref, op->image, nl) == 0 &&
-				    (ref[nl] == ':' || ref[nl] == '@') && n < n_refs &&
-				    (op->victims[n] = strdup(ref)))
-					n++;
-			}
-		}
+	tags = cJSON_GetObjectItemCaseSensitive(doc, "RepoTags");
+	digests = cJSON_GetObjectItemCaseSensitive(doc, "RepoDigests");
+	by_name = names(tags, im->ref) || names(digests, im->ref);
+	unnamed = cJSON_GetArraySize(tags) == 0;
+	cJSON_Delete(doc);
+	if (!by_name && !unnamed) {
+		/* its name moved on and other names hold it: not ours any more */
+		log_info("image kept, its name now names another image service=%s ref=%s id=%.19s",
+			op->name, log_q(im->ref), im->id);
+		im->gone = true;
+		prune_next(op);
+		return;
 	}
-	op->n_victims = n;
-	cJSON_Delete(imgs);
-	cJSON_Delete(ctrs);
-	snprintf(op->what, sizeof(op->what), "docker prune %s", op->image);
-	prune_next(op);
+	snprintf(path, sizeof(path), "/images/%s", by_name ? im->ref : im->id);
+	op_call(op, "DELETE", path, NULL, CALL_TIMEOUT_MS, NULL, prune_removed);
 }
 
-static void prune_images(struct op *op, const struct httpc_response *res)
+static void prune_next(struct op *op)
 {
-	if (res->status != 200) {
+	char path[200];
+
+	while (op->i_img < op->n_imgs) {
+		struct rt_image *im = &op->imgs[op->i_img++];
+		const cJSON *c;
+		int used = 0;
+
+		cJSON_ArrayForEach(c, op->ctrs) {
+			const char *cid = cJSON_GetStringValue(cJSON_GetObjectItem(c, "ImageID"));
+			used |= cid && strcmp(cid, im->id) == 0;
+		}
+		if (used || im->id[0] == '\0')
+			continue;
+		snprintf(path, sizeof(path), "/images/%s/json", im->id);
+		op_call(op, "GET", path, NULL, CALL_TIMEOUT_MS, NULL, prune_inspected);
+		return;
+	}
+	op_finish(op);
+}
+
+static void prune_containers(struct op *op, const struct httpc_response *res)
+{
+	if (res->status != 200 || !(op->ctrs = cJSON_Parse(res->body))) {
 		op_fail_res(op, res);
 		return;
 	}
-	op->body = strdup(res->body);
-	op_call(op, "GET", "/containers/json?all=1", NULL, CALL_TIMEOUT_MS, NULL, prune_containers);
+	prune_next(op);
 }
 
 static void prune_first(struct op *op, const struct httpc_response *res)
 {
-	char filt[1200], ref[1100], path[1400];
-
 	(void)res;
-	snprintf(ref, sizeof(ref), "{\"reference\":[\"%s\"]}", op->image);
-	urlenc(ref, filt, sizeof(filt));
-	snprintf(path, sizeof(path), "/images/json?filters=%s", filt);
-	op_call(op, "GET", path, NULL, CALL_TIMEOUT_MS, NULL, prune_images);
+	op_call(op, "GET", "/containers/json?all=1", NULL, CALL_TIMEOUT_MS, NULL, prune_containers);
 }
 
-static void docker_prune(struct runtime_ctx *rt, const struct svc_conf *svc, const char *const *keep,
-	size_t n_keep, rt_done_fn done, void *arg)
+static void docker_prune(struct runtime_ctx *rt, const struct svc_conf *svc, const struct rt_image *imgs,
+	size_t n, rt_pruned_fn done, void *arg)
 {
 	struct op *op = op_new(OP_PRUNE, rt, arg);
-	struct image_ref r;
-	char *err = NULL;
 
-	if (!op || !(op->keep = calloc(n_keep + 1, sizeof(*op->keep)))) {
+	if (!op || !(op->imgs = calloc(n + 1, sizeof(*op->imgs)))) {
 		op_free(op);
-		done(arg, 0, "out of memory");
+		done(arg, 0, "out of memory", imgs, 0);
 		return;
 	}
-	op->done = done;
-	for (size_t i = 0; i < n_keep; i++)
-		if ((op->keep[op->n_keep] = strdup(keep[i])))
-			op->n_keep++;
-	snprintf(op->what, sizeof(op->what), "docker prune %s", svc->image);
-	/* the service's repository, as images are listed by reference */
-	if (docker_image_parse(svc->image, &r, &err) < 0) {
-		op_fail_later(op, err);
-		return;
-	}
-	snprintf(op->image, sizeof(op->image), "%s", r.name);
+	op->pruned = done;
+	memcpy(op->imgs, imgs, n * sizeof(*imgs));
+	op->n_imgs = n;
+	snprintf(op->name, sizeof(op->name), "%s", svc->name);
+	snprintf(op->what, sizeof(op->what), "docker prune %s", svc->name);
 	op_begin(op, prune_first);
 }
 

@@ -74,6 +74,37 @@ void state_remove_previous(struct state_service *ss, const char *image)
 		}
 }
 
+void state_add_deployed(struct state_service *ss, const char *ref, const char *id)
+{
+	if (ref[0] == '\0')
+		return;
+	for (size_t i = 0; i < ss->n_deployed; i++)
+		if (strcmp(ss->deployed[i].ref, ref) == 0) {
+			memmove(&ss->deployed[i], &ss->deployed[i + 1],
+				(ss->n_deployed - i - 1) * sizeof(ss->deployed[0]));
+			ss->n_deployed--;
+			break;
+		}
+	if (ss->n_deployed == STATE_MAX_DEPLOYED) {
+		memmove(&ss->deployed[0], &ss->deployed[1], (STATE_MAX_DEPLOYED - 1) * sizeof(ss->deployed[0]));
+		ss->n_deployed--;
+	}
+	snprintf(ss->deployed[ss->n_deployed].ref, sizeof(ss->deployed[0].ref), "%s", ref);
+	snprintf(ss->deployed[ss->n_deployed].id, sizeof(ss->deployed[0].id), "%s", id);
+	ss->n_deployed++;
+}
+
+void state_remove_deployed(struct state_service *ss, const char *ref, const char *id)
+{
+	for (size_t i = 0; i < ss->n_deployed; i++)
+		if (strcmp(ss->deployed[i].ref, ref) == 0 && strcmp(ss->deployed[i].id, id) == 0) {
+			memmove(&ss->deployed[i], &ss->deployed[i + 1],
+				(ss->n_deployed - i - 1) * sizeof(ss->deployed[0]));
+			ss->n_deployed--;
+			return;
+		}
+}
+
 void state_record_swap(struct state_service *ss, const struct state_swap *sw)
 {
 	ss->last_swap = *sw;
@@ -109,6 +140,7 @@ cJSON *state_to_json(const struct state *st)
 		cJSON *o = cJSON_AddObjectToObject(svcs, ss->name);
 		cJSON *prev = cJSON_AddArrayToObject(o, "previous_images");
 		cJSON *hist = cJSON_AddArrayToObject(o, "history");
+		cJSON *dep = cJSON_AddArrayToObject(o, "deployed_images");
 
 		cJSON_AddStringToObject(o, "image", ss->image);
 		cJSON_AddStringToObject(o, "color", ss->color);
@@ -119,6 +151,13 @@ cJSON *state_to_json(const struct state *st)
 			cJSON_AddItemToObject(o, "last_swap", state_swap_to_json(&ss->last_swap));
 		for (size_t j = 0; j < ss->n_history; j++)
 			cJSON_AddItemToArray(hist, state_swap_to_json(&ss->history[j]));
+		for (size_t j = 0; j < ss->n_deployed; j++) {
+			cJSON *d = cJSON_CreateObject();
+
+			cJSON_AddStringToObject(d, "ref", ss->deployed[j].ref);
+			cJSON_AddStringToObject(d, "id", ss->deployed[j].id);
+			cJSON_AddItemToArray(dep, d);
+		}
 	}
 	return doc;
 }
@@ -192,7 +231,7 @@ static int swap_from_json(const cJSON *o, const char *where, struct state_swap *
 static int service_from_json(const cJSON *o, struct state_service *ss, char **errp)
 {
 	char where[128];
-	const cJSON *prev, *hist, *last, *it;
+	const cJSON *prev, *hist, *last, *dep, *it;
 
 	snprintf(where, sizeof(where), "services.%s", ss->name);
 	if (!cJSON_IsObject(o)) {
@@ -240,6 +279,25 @@ static int service_from_json(const cJSON *o, struct state_service *ss, char **er
 		if (swap_from_json(it, w, &ss->history[ss->n_history], errp) < 0)
 			return -1;
 		ss->n_history++;
+	}
+	/* absent in files of older versions: nothing known to prune */
+	dep = cJSON_GetObjectItemCaseSensitive(o, "deployed_images");
+	if (dep != NULL && !cJSON_IsArray(dep)) {
+		seterr(errp, "%s.deployed_images: expected an array", where);
+		return -1;
+	}
+	cJSON_ArrayForEach(it, dep) {
+		char w[160], ref[sizeof(ss->deployed[0].ref)], id[sizeof(ss->deployed[0].id)];
+
+		snprintf(w, sizeof(w), "%s.deployed_images[]", where);
+		if (!cJSON_IsObject(it)) {
+			seterr(errp, "%s: expected an object", w);
+			return -1;
+		}
+		if (get_str(it, w, "ref", ref, sizeof(ref), false, errp) < 0 ||
+		    get_str(it, w, "id", id, sizeof(id), true, errp) < 0)
+			return -1;
+		state_add_deployed(ss, ref, id);
 	}
 	return 0;
 }

@@ -101,6 +101,10 @@ void sup_persist(struct supervisor *s)
 
 		if (svc->conf == NULL || (ss = state_service(s->state, svc->name, true)) == NULL)
 			continue;
+		/* not deployed until its first release command is done: a pmd
+		 * stopped meanwhile runs it again at its next start */
+		if (svc->release_pending)
+			continue;
 		snprintf(ss->image, sizeof(ss->image), "%s", svc->image);
 		snprintf(ss->color, sizeof(ss->color), "%s", svc->color);
 		snprintf(ss->instance_id, sizeof(ss->instance_id), "%s",
@@ -110,6 +114,16 @@ void sup_persist(struct supervisor *s)
 	if (state_save(s->state, path, &err) < 0)
 		log_error("state not saved error=%s", log_q(err));
 	free(err);
+}
+
+void sup_note_deployed(const struct instance *inst)
+{
+	struct state_service *ss;
+
+	if (inst->rt->image_id[0] == '\0' ||
+	    (ss = state_service(inst->svc->sup->state, inst->svc->name, true)) == NULL)
+		return;
+	state_add_deployed(ss, inst->rt->image, inst->rt->image_id);
 }
 
 /* Ports ------------------------------------------------------------------- */
@@ -252,6 +266,7 @@ static void inst_started(void *arg, int ok, const char *err)
 		log_error("no backend for instance service=%s addr=%s", svc->name, inst->rt->addr);
 	log_info("instance started service=%s color=%s id=%s addr=%s image=%s", svc->name,
 		inst->rt->color, inst->rt->id, inst->rt->addr, log_q(inst->rt->image));
+	sup_note_deployed(inst);
 	health_begin(inst);
 	if (inst->gate != NULL) {
 		swap_inst_started(inst->gate, inst, 1, NULL);
@@ -534,6 +549,7 @@ static void svc_start_live(struct service *svc)
 		return;
 	}
 
+	svc->release_pending = false;
 	if (svc->color[0] == '\0')
 		snprintf(svc->color, sizeof(svc->color), "blue");
 	inst = inst_new(svc, svc->image, svc->color);
@@ -818,6 +834,7 @@ static void adopted_cb(void *arg, int ok, const char *err)
 	inst->be = backend_new(svc->name, inst->rt->color, inst->rt->addr);
 	log_info("instance adopted service=%s color=%s id=%s addr=%s image=%s", svc->name,
 		inst->rt->color, inst->rt->id, inst->rt->addr, log_q(inst->rt->image));
+	sup_note_deployed(inst);
 	health_begin(inst);
 	sup_persist(svc->sup);
 }
@@ -879,8 +896,10 @@ static void adopt_service(struct supervisor *s, struct service *svc, const struc
 	for (size_t i = 0; i < n; i++) {
 		struct instance *inst;
 
-		if (strcmp(found[i].service, svc->name) == 0)
-			svc->release_pending = false;   /* deployed here before */
+		/* deployed here before; a one-off (release) container is not:
+		 * its command may have been cut short */
+		if (strcmp(found[i].service, svc->name) == 0 && strcmp(found[i].color, "once") != 0)
+			svc->release_pending = false;
 		if (strcmp(found[i].service, svc->name) != 0 || &found[i] == pick)
 			continue;
 		inst = inst_found(svc, &found[i]);

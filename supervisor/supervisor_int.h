@@ -93,6 +93,9 @@ struct service *sup_service(struct supervisor *s, const char *name);
 void sup_changed(struct supervisor *s);
 /* Record live image/colour/id of every service in state.json. */
 void sup_persist(struct supervisor *s);
+/* Remember in the state (saved with the next sup_persist) that inst runs
+ * its image: keep_images prunes only images so recorded. */
+void sup_note_deployed(const struct instance *inst);
 void svc_set_state(struct service *svc, enum svc_state st, const char *reason);
 const char *svc_state_name(enum svc_state st);
 /* The service's state from its live instance (after a swap ended); restarts

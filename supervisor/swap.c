@@ -178,29 +178,65 @@ static void swap_end(struct swap *w, bool ok)
 
 /* Prune ------------------------------------------------------------------- */
 
-static void pruned(void *arg, int ok, const char *err)
+struct prune_arg {
+	struct supervisor *s;
+	char name[64];
+};
+
+/* Forget what the runtime removed; what must stay is tried again after
+ * the next swap. */
+static void pruned(void *arg, int ok, const char *err, const struct rt_image *imgs, size_t n)
 {
-	char *name = arg;
+	struct prune_arg *pa = arg;
+	struct state_service *ss = state_service(pa->s->state, pa->name, false);
+	bool changed = false;
 
 	if (!ok)
-		log_warn("old images not pruned service=%s error=%s", name, log_q(err));
-	free(name);
+		log_warn("old images not pruned service=%s error=%s", pa->name, log_q(err));
+	for (size_t i = 0; ss != NULL && i < n; i++)
+		if (imgs[i].gone) {
+			state_remove_deployed(ss, imgs[i].ref, imgs[i].id);
+			changed = true;
+		}
+	if (changed && !pa->s->shutting_down)
+		sup_persist(pa->s);
+	free(pa);
 }
 
+/* keep_images: the live image and the newest previous ones stay; of the
+ * rest, only images that instances of the service ran (state's deployed
+ * list) are removed. */
 static void prune(struct swap_item *it)
 {
 	struct service *svc = it->svc;
 	struct state_service *ss = state_service(svc->sup->state, svc->name, false);
 	const char *keep[STATE_MAX_PREVIOUS + 1];
-	size_t n = 0, want = svc->conf->keep_images > 0 ? (size_t)svc->conf->keep_images : 1;
-	char *name;
+	struct rt_image victims[STATE_MAX_DEPLOYED];
+	size_t n_keep = 0, n = 0, want = svc->conf->keep_images > 0 ? (size_t)svc->conf->keep_images : 1;
+	struct prune_arg *pa;
 
-	if (svc->ops->prune == NULL || (name = strdup(svc->name)) == NULL)
+	if (svc->ops->prune == NULL || ss == NULL)
 		return;
-	keep[n++] = svc->image;
-	for (size_t k = 0; ss != NULL && k < ss->n_previous && n < want; k++)
-		keep[n++] = ss->previous[k];
-	svc->ops->prune(&svc->sup->rt, svc->conf, keep, n, pruned, name);
+	keep[n_keep++] = svc->image;
+	for (size_t k = 0; k < ss->n_previous && n_keep < want; k++)
+		keep[n_keep++] = ss->previous[k];
+	for (size_t d = 0; d < ss->n_deployed; d++) {
+		bool kept = false;
+
+		for (size_t k = 0; k < n_keep && !kept; k++)
+			kept = strcmp(ss->deployed[d].ref, keep[k]) == 0;
+		if (kept)
+			continue;
+		memset(&victims[n], 0, sizeof(victims[n]));
+		snprintf(victims[n].ref, sizeof(victims[n].ref), "%s", ss->deployed[d].ref);
+		snprintf(victims[n].id, sizeof(victims[n].id), "%s", ss->deployed[d].id);
+		n++;
+	}
+	if (n == 0 || (pa = calloc(1, sizeof(*pa))) == NULL)
+		return;
+	pa->s = svc->sup;
+	snprintf(pa->name, sizeof(pa->name), "%s", svc->name);
+	svc->ops->prune(&svc->sup->rt, svc->conf, victims, n, pruned, pa);
 }
 
 /* After the switch --------------------------------------------------------- */

@@ -11,6 +11,7 @@ for ad-hoc apps (`command = sh -c '...'`)."""
 import base64
 import json
 import os
+import shutil
 import socket
 import threading
 import time
@@ -382,9 +383,9 @@ def test_keep_images_prunes_older_images(pmd_factory):
 
 
 def test_keep_images_removes_the_service_names_only(pmd_factory):
-    """An old image with a second tag in the service's repository goes; its
-    name in another repository stays (Docker refuses to delete such an
-    image by id)."""
+    """Only the name the old instance ran goes: a second tag of the same
+    image in the service's repository and its name in another repository
+    stay (pmd never ran them)."""
     repo = BACKEND.rsplit(":", 1)[0]
     for img in (BACKEND, BACKEND_V2):
         docker("rmi", "-f", img, check=False)
@@ -394,12 +395,51 @@ def test_keep_images_removes_the_service_names_only(pmd_factory):
     docker("tag", BACKEND, "pmdtest-other:1")
     try:
         assert swap(p, "backend", BACKEND_V2)[1]["ok"] is True
-        wait_for(lambda: not image_present(BACKEND) and not image_present(f"{repo}:1-alias"),
-                 20, what="the old image's names in the service's repository removed")
-        assert image_present("pmdtest-other:1")
+        wait_for(lambda: not image_present(BACKEND), 20, what="the old image's name removed")
+        assert image_present(f"{repo}:1-alias") and image_present("pmdtest-other:1")
         assert "image not removed" not in p.log_text()
     finally:
-        docker("rmi", "pmdtest-other:1", check=False)
+        docker("rmi", "pmdtest-other:1", f"{repo}:1-alias", check=False)
+
+
+def local_images(repo, tags):
+    """Distinct local-only images repo:TAG (busybox plus a label), as if
+    loaded with `docker load`; returns their IDs."""
+    ids = {}
+    for t in tags:
+        docker("rmi", "-f", f"{repo}:{t}", check=False)
+        name = f"pmdtest-mk-{t}"
+        docker("rm", "-f", name, check=False)
+        docker("create", "--name", name, BUSYBOX, "true")
+        docker("commit", "--change", f"LABEL pmdtest.tag={t}", name, f"{repo}:{t}")
+        docker("rm", "-f", name)
+        ids[t] = inspect(f"{repo}:{t}")["Id"]
+    return ids
+
+
+def test_keep_images_prunes_only_images_the_service_ran(pmd_factory):
+    """Tags loaded locally (pull = missing) that pmd never ran survive the
+    swaps; the service's own old image is still pruned; state.json lists
+    what ran."""
+    repo = "pmdtest-keep"
+    ids = local_images(repo, ("0", "1", "2", "bad"))
+    conf = frontend_conf(image=f"{repo}:0", pull="missing", keep_images=1, command=FLAG_APP,
+                         health_path="/health", registry_auth_file="")
+    try:
+        p = pmd_factory(one("app", conf))
+        p.wait_healthy("app", 30)
+        assert swap(p, "app", f"{repo}:1")[1]["ok"] is True
+        wait_for(lambda: not image_present(f"{repo}:0"), 20, what=":0 (ran before) pruned")
+        assert image_present(f"{repo}:2") and image_present(f"{repo}:bad")
+        assert swap(p, "app", f"{repo}:2")[1]["ok"] is True
+        wait_for(lambda: not image_present(f"{repo}:1"), 20, what=":1 (ran before) pruned")
+        assert image_present(f"{repo}:2") and image_present(f"{repo}:bad")
+        st = json.loads((p.dir / "state" / "state.json").read_text())
+        assert st["services"]["app"]["deployed_images"] == [
+            {"ref": f"{repo}:2", "id": ids["2"]}], st
+    finally:
+        for t in ("0", "1", "2", "bad"):
+            docker("rmi", "-f", f"{repo}:{t}", check=False)
 
 
 def test_keep_images_keeps_the_previous_one(pmd_factory):
@@ -478,6 +518,45 @@ def test_release_command_runs_in_a_one_off_container(pmd_factory):
     assert [c["id"] for c in pmd_containers()] == [old]
     assert live(p, "backend")["id"] == old
     assert p.get("/api/v1/version").json() == {"version": "1"}
+
+
+def test_interrupted_first_release_runs_again(pmd_factory, tmp_path):
+    """pmd stopped while the first start's release command runs: at the
+    next start the release runs again before the app starts, whether the
+    state folder was kept (another service's start wrote state.json
+    meanwhile) or removed (only the one-off container is left)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    # runs 1 and 2 are cut short (they sleep), run 3 finishes
+    release = ("sh -c 'echo run >> /data/runs; "
+               "test $(wc -l < /data/runs) -ge 3 || exec sleep 120'")
+    sections = {
+        "service app": frontend_conf(image=BUSYBOX, pull="missing", command=FLAG_APP,
+                                     health_path="/health", registry_auth_file="",
+                                     release_command=release, volumes=f"{data}:/data"),
+        "route app": {"prefix": "/", "service": "app"},
+        "service web": frontend_conf(image=BUSYBOX, pull="missing", command=FLAG_APP,
+                                     health_path="/health", registry_auth_file=""),
+        "route web": {"prefix": "/web/", "service": "web"},
+    }
+    runs = data / "runs"
+    p = pmd_factory(sections)
+    p.wait_healthy("web", 30)
+    wait_for(lambda: runs.exists() and runs.read_text().count("run") == 1, 20,
+             what="the first release running")
+    p.stop()
+    assert p.dir.joinpath("state", "state.json").exists()
+    q = pmd_factory(sections, name=p.dir.name, http_port=p.http_port)   # state kept
+    wait_for(lambda: runs.read_text().count("run") == 2, 30, what="the release run again")
+    assert q.service("app")["state"] == "starting", q.service("app")
+    q.stop()
+    shutil.rmtree(q.state_dir)
+    assert pmd_containers(color="once"), "the cut release container is left over"
+    r = pmd_factory(sections, name=p.dir.name, http_port=p.http_port)   # state removed
+    r.wait_healthy("app", 60)
+    assert runs.read_text().count("run") == 3
+    assert "release command done, starting the first instance" in r.log_text()
+    wait_for(lambda: not pmd_containers(color="once"), 20, what="the cut release container removed")
 
 
 def test_containers_that_died_while_pmd_was_down_are_replaced(pmd_factory):

@@ -105,6 +105,64 @@ static void test_previous_images(void **unused)
 	state_free(st);
 }
 
+/* deployed_images: oldest first, a ref deployed again moves to the end,
+ * capped, round trip; a file of an older version (no list) loads empty. */
+static void test_deployed_images(void **unused)
+{
+	struct state *st = state_new(), *back = NULL;
+	struct state_service *ss = state_service(st, "app", true), *bs;
+	const char *old_doc = "{\"version\":1,\"services\":{\"app\":{\"image\":\"r/app:1\","
+		"\"color\":\"blue\",\"previous_images\":[\"r/app:0\"],\"history\":[]}}}";
+	cJSON *doc;
+	char *err = NULL, ref[32];
+
+	(void)unused;
+	state_add_deployed(ss, "r/app:1", "sha256:1");
+	state_add_deployed(ss, "r/app:2", "sha256:2");
+	state_add_deployed(ss, "r/app:1", "sha256:1b");
+	state_add_deployed(ss, "", "sha256:x");
+	assert_int_equal(ss->n_deployed, 2);
+	assert_string_equal(ss->deployed[0].ref, "r/app:2");
+	assert_string_equal(ss->deployed[1].ref, "r/app:1");
+	assert_string_equal(ss->deployed[1].id, "sha256:1b");
+	state_remove_deployed(ss, "r/app:1", "sha256:1");     /* other id: stays */
+	assert_int_equal(ss->n_deployed, 2);
+
+	doc = state_to_json(st);
+	back = state_from_json(doc, &err);
+	cJSON_Delete(doc);
+	assert_non_null(back);
+	bs = state_service(back, "app", false);
+	assert_int_equal(bs->n_deployed, 2);
+	assert_string_equal(bs->deployed[1].id, "sha256:1b");
+	state_remove_deployed(bs, "r/app:1", "sha256:1b");
+	assert_int_equal(bs->n_deployed, 1);
+	state_free(back);
+
+	for (int i = 0; i < STATE_MAX_DEPLOYED + 3; i++) {
+		snprintf(ref, sizeof(ref), "r/app:%d", 100 + i);
+		state_add_deployed(ss, ref, "sha256:n");
+	}
+	assert_int_equal(ss->n_deployed, STATE_MAX_DEPLOYED);
+	assert_string_equal(ss->deployed[0].ref, "r/app:103");
+	state_free(st);
+
+	doc = cJSON_Parse(old_doc);
+	back = state_from_json(doc, &err);
+	cJSON_Delete(doc);
+	assert_non_null(back);
+	assert_int_equal(state_service(back, "app", false)->n_deployed, 0);
+	assert_string_equal(state_service(back, "app", false)->image, "r/app:1");
+	state_free(back);
+
+	doc = cJSON_Parse("{\"services\":{\"app\":{\"image\":\"a\",\"color\":\"\","
+		"\"deployed_images\":[{\"id\":\"sha256:1\"}]}}}");
+	assert_null(state_from_json(doc, &err));
+	assert_non_null(strstr(err, "services.app.deployed_images[].ref"));
+	cJSON_Delete(doc);
+	free(err);
+}
+
 static void test_history_cap(void **unused)
 {
 	struct state *st = state_new();
@@ -170,6 +228,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_round_trip, setup, teardown),
 		cmocka_unit_test(test_previous_images),
 		cmocka_unit_test(test_history_cap),
+		cmocka_unit_test(test_deployed_images),
 		cmocka_unit_test_setup_teardown(test_missing_file, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_corrupt, setup, teardown),
 	};
