@@ -5,6 +5,12 @@ PREFIX  ?= /usr/local
 DESTDIR ?=
 CC      ?= gcc
 PKGS    := libevent_core libevent_openssl libevent_pthreads openssl libcurl libcjson inih
+# The oldest version of each library pmd builds and runs with: those of
+# Ubuntu 22.04 LTS, the oldest supported system (README "Supported
+# systems"). Checked before anything is compiled; `make deps`, `make clean`
+# and `make dist` need no libraries and skip the check.
+MIN_VERSIONS := libevent_core:2.1.12 libevent_openssl:2.1.12 libevent_pthreads:2.1.12 \
+	openssl:3.0.2 libcurl:7.81.0 libcjson:1.7.15 inih:53
 
 ifeq ($(SANITIZE),1)
 BUILD   ?= build/san
@@ -14,6 +20,15 @@ else
 BUILD   ?= build
 SANFLAGS :=
 OPT     := -O2 -g
+endif
+
+ifneq ($(filter-out deps clean dist,$(or $(MAKECMDGOALS),all)),)
+lib_check = $(shell pkg-config --atleast-version=$(2) $(1) 2>/dev/null || \
+	echo "$(1)>=$(2)(found:$$(pkg-config --modversion $(1) 2>/dev/null || echo none))")
+LIB_PROBLEMS := $(strip $(foreach m,$(MIN_VERSIONS),$(call lib_check,$(word 1,$(subst :, ,$(m))),$(word 2,$(subst :, ,$(m))))))
+ifneq ($(LIB_PROBLEMS),)
+$(error libraries missing or too old: $(LIB_PROBLEMS). Install the -dev packages of tests/deps.sh (make deps); minimum versions: README "Supported systems")
+endif
 endif
 
 VERSION := $(shell cat VERSION 2>/dev/null || echo 0.0.0)
@@ -52,7 +67,7 @@ unit_deps = $(addprefix $(BUILD)/,$(addsuffix .o,$(basename $(shell sed -n 's|^/
 .SECONDEXPANSION:
 $(BUILD)/tests/unit/%: tests/unit/%.c $$(call unit_deps,$$*)
 	@mkdir -p $(dir $@)
-	$(CC) $(CPPFLAGS) $(CFLAGS) $(LDFLAGS) -o $@ $(filter %.c %.o,$^) $(LDLIBS) $(shell pkg-config --libs cmocka)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(LDFLAGS) -o $@ $< $(filter %.o,$^) $(LDLIBS) $(shell pkg-config --libs cmocka)
 
 unit: $(UNIT_BINS)
 	@bash tests/run-unit.sh $(UNIT_BINS)

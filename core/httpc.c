@@ -8,6 +8,10 @@
  * finish_done() outside curl, where anything may be called. */
 #include "httpc.h"
 
+/* The libcurl floor is 7.81 (Ubuntu 22.04): see limit_protocols(). */
+#ifdef PMD_FORCE_CURL_PROTOCOLS_LEGACY
+#define CURL_DISABLE_DEPRECATION 1 /* CURLOPT_PROTOCOLS is deprecated since 7.85 */
+#endif
 #include <curl/curl.h>
 #include <event2/event.h>
 #include <openssl/err.h>
@@ -426,6 +430,20 @@ static CURLcode add_ca_cb(CURL *e, void *sslctx, void *arg)
 	return CURLE_OK;
 }
 
+/* Allow http and https only (no file://, ftp://, … from a URL that came
+ * from a config or a peer). CURLOPT_PROTOCOLS_STR is 7.85.0 and newer;
+ * older libcurl (7.81 on Ubuntu 22.04) has the bitmask CURLOPT_PROTOCOLS.
+ * PMD_FORCE_CURL_PROTOCOLS_LEGACY compiles the older branch on a newer
+ * libcurl (tests/unit/test_httpc_legacy.c). */
+static CURLcode limit_protocols(CURL *e)
+{
+#if LIBCURL_VERSION_NUM >= 0x075500 && !defined(PMD_FORCE_CURL_PROTOCOLS_LEGACY)
+	return curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+#else
+	return curl_easy_setopt(e, CURLOPT_PROTOCOLS, (long)(CURLPROTO_HTTP | CURLPROTO_HTTPS));
+#endif
+}
+
 /* Configure r->easy from o. 0, or -1 with *errp. */
 static int setup_easy(struct httpc_req *r, const struct httpc_opts *o, char **errp)
 {
@@ -441,7 +459,10 @@ static int setup_easy(struct httpc_req *r, const struct httpc_opts *o, char **er
 	curl_easy_setopt(e, CURLOPT_WRITEDATA, r);
 	curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, header_cb);
 	curl_easy_setopt(e, CURLOPT_HEADERDATA, r);
-	curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+	if (limit_protocols(e) != CURLE_OK) {
+		set_err(errp, "", "httpc: cannot restrict the protocols to http and https");
+		return -1;
+	}
 	if (o->unix_socket)
 		curl_easy_setopt(e, CURLOPT_UNIX_SOCKET_PATH, o->unix_socket);
 	if (o->timeout_ms > 0)

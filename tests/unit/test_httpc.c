@@ -309,6 +309,28 @@ static int data_cb(void *arg, const char *data, size_t len)
 	return 0;
 }
 
+/* Only http and https: a file:// or ftp:// URL fails without being read. */
+static void test_other_protocols_refused(void **state)
+{
+	(void)state;
+	static const char *urls[] = { "file:///etc/passwd", "ftp://127.0.0.1:9/", "gopher://127.0.0.1:9/" };
+
+	for (size_t i = 0; i < sizeof(urls) / sizeof(urls[0]); i++) {
+		static struct result r;
+		struct httpc_opts o = { 0 };
+
+		memset(&r, 0, sizeof(r));
+		o.url = urls[i];
+		o.on_done = done_cb;
+		o.arg = &r;
+		assert_non_null(httpc_request(hc, &o, NULL));
+		assert_int_equal(run_until(&r.calls, 1, 5000), 0);
+		assert_int_equal(r.curl_code, CURLE_UNSUPPORTED_PROTOCOL);
+		assert_int_equal(r.status, 0);
+		assert_null(strstr(r.body, "root:"));
+	}
+}
+
 static void test_streaming(void **state)
 {
 	(void)state;
@@ -505,6 +527,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_post_echo_and_headers, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_timeout, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_refused, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_other_protocols_refused, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_streaming, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_limits_and_abort, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_cancel, setup, teardown),
