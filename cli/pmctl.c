@@ -463,6 +463,8 @@ static int cmd_rollback(int argc, char **argv);
 static int cmd_restart(int argc, char **argv);
 static int cmd_logs(int argc, char **argv);
 static int cmd_reload(int argc, char **argv);
+static int cmd_drain(int argc, char **argv);
+static int cmd_undrain(int argc, char **argv);
 
 static const struct command commands[] = {
 	{ "status", cmd_status, "status [--json]",
@@ -493,6 +495,14 @@ static const struct command commands[] = {
 	  "  --tail N   number of lines (default 100)\n" },
 	{ "reload", cmd_reload, "reload",
 	  "Re-read pmd's configuration, as SIGHUP does, without dropping connections.\n" },
+	{ "drain", cmd_drain, "drain",
+	  "Take this pmd out of its load balancer: [proxy] lb_health_path answers 503\n"
+	  "from now on, while every request is still served. Wait for the balancer's\n"
+	  "health check to notice (interval x unhealthy threshold) before swapping.\n"
+	  "Until undrain or a restart of pmd.\n" },
+	{ "undrain", cmd_undrain, "undrain",
+	  "Put this pmd back into its load balancer: lb_health_path answers 200 again\n"
+	  "(503 while a service has no live instance).\n" },
 	{ NULL, NULL, NULL, NULL },
 };
 
@@ -543,7 +553,13 @@ static int cmd_status(int argc, char **argv)
 	time_t now = time(NULL);
 	char up[32];
 	fmt_age((long long)jnum(doc, "uptime_s", 0), up, sizeof(up));
-	printf("pmd %s, up %s\n\n", jstr(doc, "version", "?"), up);
+	printf("pmd %s, up %s\n", jstr(doc, "version", "?"), up);
+	if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(doc, "draining"))) {
+		const char *hp = jstr(doc, "lb_health_path", "");
+		printf("DRAINING: %s answers 503 to the load balancer (pmctl undrain)\n",
+			hp[0] ? hp : "lb_health_path (not set)");
+	}
+	putchar('\n');
 	print_services(cJSON_GetObjectItemCaseSensitive(doc, "services"), now);
 	putchar('\n');
 	print_tls(cJSON_GetObjectItemCaseSensitive(doc, "tls"), now);
@@ -1014,6 +1030,50 @@ static int cmd_reload(int argc, char **argv)
 	return rc;
 }
 
+/* drain, undrain ----------------------------------------------------------- */
+
+static int drain_command(int argc, char **argv, bool drain)
+{
+	const char *name = drain ? "drain" : "undrain";
+	const struct command *cmd = find_command(name);
+	bool help = false;
+	char *raw = NULL;
+	cJSON *doc = NULL;
+
+	for (int i = 1; i < argc; i++) {
+		int r = common_option(argc, argv, &i, cmd, &help);
+		if (r < 0)
+			return EX_USAGE;
+		if (help)
+			return EX_OK;
+		if (!r)
+			return usage_error(name, "unexpected argument '%s'", argv[i]);
+	}
+	int rc = simple_request("POST", drain ? "/drain" : "/undrain", NULL, name, &raw, &doc);
+	if (rc)
+		return rc;
+	if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(doc, "ok"))) {
+		printf("%s\n", drain ? "draining: the load balancer health check answers 503"
+			: "undrained: the load balancer health check answers 200");
+	} else {
+		say_err("%s failed: %s", name, jstr(doc, "error", "no reason given"));
+		rc = EX_FAILED;
+	}
+	cJSON_Delete(doc);
+	free(raw);
+	return rc;
+}
+
+static int cmd_drain(int argc, char **argv)
+{
+	return drain_command(argc, argv, true);
+}
+
+static int cmd_undrain(int argc, char **argv)
+{
+	return drain_command(argc, argv, false);
+}
+
 /* --ssh ------------------------------------------------------------------ */
 
 /* Length of the repository part of an image reference: without
@@ -1073,13 +1133,14 @@ static int ssh_allowed(const char *service, const char *image)
  * plain arguments. No shell is involved; words are split on blanks. */
 static int run_ssh(void)
 {
-	static const char *const allowed[] = { "status", "swap", "rollback", "restart", "logs", NULL };
+	static const char *const allowed[] = { "status", "swap", "rollback", "restart", "logs", "drain", "undrain",
+		NULL };
 	const char *orig = getenv("SSH_ORIGINAL_COMMAND");
 	char *words[2 * MAX_SWAP_PAIRS + 16];
 	int n = 0;
 
 	if (!orig || !*orig)
-		return usage_error(NULL, "--ssh: no command given; this key may run: pmctl status|swap|rollback|restart|logs");
+		return usage_error(NULL, "--ssh: no command given; this key may run: pmctl status|swap|rollback|restart|logs|drain|undrain");
 	char *copy = strdup(orig);
 	if (!copy) {
 		say_err("out of memory");
@@ -1113,7 +1174,7 @@ static int run_ssh(void)
 				rc = find_command(allowed[k])->run(n - first, words + first);
 	}
 	if (rc < 0)
-		rc = usage_error(NULL, "--ssh: '%s' is not allowed; this key may run: pmctl status|swap|rollback|restart|logs",
+		rc = usage_error(NULL, "--ssh: '%s' is not allowed; this key may run: pmctl status|swap|rollback|restart|logs|drain|undrain",
 			first < n ? words[first] : "");
 	free(copy);
 	return rc;

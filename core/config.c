@@ -260,6 +260,14 @@ static bool chk_urlpath(const char *s)
 	return true;
 }
 
+/* [proxy] lb_health_path: "" (off) or a path that fits
+ * proxy_settings.lb_health_path, without a query or fragment */
+static bool chk_lb_health_path(const char *s)
+{
+	return !*s || (chk_urlpath(s) && strlen(s) < sizeof(((struct proxy_settings *)0)->lb_health_path)
+	               && !strpbrk(s, "?#"));
+}
+
 /* route prefix, static path: "" is reported as a missing key instead */
 static bool chk_urlpath_opt(const char *s) { return !*s || chk_urlpath(s); }
 
@@ -486,6 +494,8 @@ static const struct key keys[] = {
 	  .off = P(upstream_idle_timeout_ms) },
 	{ .sect = S_PROXY, .name = "hold_timeout", DUR(0), .def = "10s", .off = P(hold_timeout_ms) },
 	{ .sect = S_PROXY, .name = "access_log", .type = T_BOOL, .def = "true", .off = P(access_log) },
+	{ .sect = S_PROXY, .name = "lb_health_path", .def = "", .off = P(lb_health_path),
+	  .check = chk_lb_health_path, .expect = "a path starting with / (at most 127 bytes, no ? or #)" },
 
 	{ .sect = S_TLS, .name = "mode", .type = T_ENUM, .def = "acme", .off = P(tls_mode), .choices = tls_names },
 	{ .sect = S_TLS, .name = "domains", .type = T_LIST, .def = "", .off = P(domains),
@@ -1628,4 +1638,6 @@ void config_proxy_settings(const struct pmd_config *c, struct proxy_settings *ps
 	ps->drain_timeout_ms = config_max_drain_ms(c);
 	ps->access_log = c->access_log;
 	ps->log_json = c->log_format == LOG_JSON;
+	snprintf(ps->lb_health_path, sizeof(ps->lb_health_path), "%s", c->lb_health_path ? c->lb_health_path : "");
+	ps->lb_draining = false;
 }

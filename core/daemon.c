@@ -132,6 +132,7 @@ void pmd_republish(struct pmd *d)
 	if (!s)
 		goto fail;
 	fill_settings(d->cfg, &s->ps);
+	s->ps.lb_draining = d->draining;
 	if (fill_routes(d->cfg, s) < 0 || fill_statics(d->cfg, s) < 0)
 		goto fail;
 	if (d->sup ? supervisor_fill_snapshot(d->sup, s) < 0 : fill_services_empty(d->cfg, s) < 0)
@@ -144,6 +145,16 @@ fail:
 	/* keep serving the previous snapshot; the next change retries */
 	log_error("snapshot not published error=\"out of memory\"");
 	snapshot_release(s);
+}
+
+void pmd_set_draining(struct pmd *d, bool draining)
+{
+	if (d->draining != draining)
+		log_info("%s lb_health_path=%s", draining ? "draining: the load balancer health check answers 503"
+			: "undrained: the load balancer health check answers 200",
+			log_q(d->cfg->lb_health_path[0] ? d->cfg->lb_health_path : "(off)"));
+	d->draining = draining;
+	pmd_republish(d);
 }
 
 static int same_listeners(const struct listen_addr *a, size_t na,
@@ -368,6 +379,8 @@ cJSON *pmd_status_json(struct pmd *d)
 	cJSON_AddStringToObject(root, "version", PMD_VERSION);
 	cJSON_AddNumberToObject(root, "uptime_s", (double)(time(NULL) - d->started));
 	cJSON_AddNumberToObject(root, "pid", (double)getpid());
+	cJSON_AddBoolToObject(root, "draining", d->draining);
+	cJSON_AddStringToObject(root, "lb_health_path", d->cfg->lb_health_path);
 	cJSON *svcs = d->sup ? supervisor_status_json(d->sup) : cJSON_CreateObject();
 	cJSON_AddItemToObject(root, "services", svcs);
 	/* the image in pmd.ini (`image` is the one swapped in): pmctl --ssh

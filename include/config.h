@@ -100,6 +100,7 @@ struct pmd_config {
 	uint64_t upstream_idle_timeout_ms;  /* between response body bytes; 0 = off */
 	uint64_t hold_timeout_ms;
 	bool access_log;
+	char *lb_health_path;   /* "" = off */
 
 	/* [tls] */
 	enum tls_mode tls_mode;

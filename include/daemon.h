@@ -4,6 +4,7 @@
 #ifndef PMD_DAEMON_H
 #define PMD_DAEMON_H
 
+#include <stdbool.h>
 #include <time.h>
 
 #include "config.h"
@@ -27,12 +28,17 @@ struct pmd {
 	struct tlsmgr *tls;          /* NULL when [tls] mode = off */
 	time_t started;
 	int stopping;
+	bool draining;               /* pmctl drain: lb_health_path answers 503 */
 	struct pmd_disk *disk;       /* free-space watch, see pmd_disk_start */
 };
 
 /* Build a snapshot from cfg + supervisor (+ TLS and ACME when present) and
  * publish it. Main thread. */
 void pmd_republish(struct pmd *d);
+/* pmctl drain / undrain: take this pmd out of (or back into) its load
+ * balancer by the answer of [proxy] lb_health_path; requests keep being
+ * served either way. Not kept across a restart of pmd. Main thread. */
+void pmd_set_draining(struct pmd *d, bool draining);
 /* Re-read d->cfg->path; apply only if valid. 0, or -1 with *errp (all
  * problems, one per line). Listener changes need a restart (said in errp
  * as a warning, not applied). */

@@ -80,6 +80,11 @@ struct proxy_settings {
 	uint64_t drain_timeout_ms;
 	bool access_log;
 	int log_json;
+	/* [proxy] lb_health_path ("" = off): answered by the proxy itself,
+	 * 200 normally, 503 while lb_draining (pmctl drain) or while a service
+	 * has no live instance. */
+	char lb_health_path[128];
+	bool lb_draining;
 };
 
 struct snapshot {

@@ -1136,6 +1136,36 @@ static void conn_static(struct conn *c, const struct http_request *req, const st
 	conn_local(c, 200, extra, st->content_type, st->body, st->body_len, false);
 }
 
+/* [proxy] lb_health_path, asked by a load balancer in front of several
+ * pmds: 503 while draining (pmctl drain) or while a service has no live
+ * instance (its requests would be held), else 200. Any host, GET or HEAD;
+ * never cached. */
+static void conn_lb_health(struct conn *c, const struct http_request *req, const struct snapshot *s,
+	const struct proxy_settings *ps)
+{
+	static const char nocache[] = "Cache-Control: no-store\r\n";
+	if (!(req->method_len == 3 && memcmp(req->method, "GET", 3) == 0) && !c->is_head) {
+		static const char body[] = "405 Method Not Allowed: health check, use GET or HEAD\n";
+		conn_local(c, 405, "Allow: GET, HEAD\r\n", NULL, body, sizeof(body) - 1, false);
+		return;
+	}
+	if (ps->lb_draining) {
+		static const char body[] = "draining\n";
+		conn_local(c, 503, nocache, "text/plain", body, sizeof(body) - 1, false);
+		return;
+	}
+	for (size_t i = 0; i < s->n_services; i++) {
+		if (s->services[i].n_live == 0) {
+			char body[128];
+			int n = snprintf(body, sizeof(body), "no live instance of %s\n", s->services[i].name);
+			conn_local(c, 503, nocache, "text/plain", body, n > 0 ? strlen(body) : 0, false);
+			return;
+		}
+	}
+	static const char body[] = "ok\n";
+	conn_local(c, 200, nocache, "text/plain", body, sizeof(body) - 1, false);
+}
+
 /* A complete request head is at the start of the client input (`req` was
  * parsed from it just now). Route it and answer or forward it. */
 static void conn_request(struct conn *c, const struct http_request *req)
@@ -1192,6 +1222,11 @@ static void conn_request(struct conn *c, const struct http_request *req)
 			static const char body[] = "404 Not Found: unknown ACME challenge token\n";
 			conn_local(c, 404, NULL, NULL, body, sizeof(body) - 1, false);
 		}
+		return;
+	}
+	if (ps->lb_health_path[0] && req->path_len == strlen(ps->lb_health_path) &&
+	    memcmp(req->path, ps->lb_health_path, req->path_len) == 0) {
+		conn_lb_health(c, req, s, ps);
 		return;
 	}
 	if (!c->tls && ps->redirect_https && s->tls_ctx && w->p->have_https) {

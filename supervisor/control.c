@@ -659,6 +659,19 @@ static void handle_cancel(struct conn *c, const char *svc)
 	free(err);
 }
 
+/* POST /drain, /undrain: {"ok":true,"draining":BOOL} */
+static void handle_drain(struct conn *c, bool draining)
+{
+	cJSON *doc;
+
+	log_info("control: %s requested uid=%u", draining ? "drain" : "undrain", (unsigned)c->uid);
+	pmd_set_draining(c->ctl->d, draining);
+	doc = result_doc(true, NULL);
+	if (doc)
+		cJSON_AddBoolToObject(doc, "draining", draining);
+	send_json(c, 200, doc, false);
+}
+
 static void handle_metrics(struct conn *c)
 {
 	struct evbuffer *buf = evbuffer_new();
@@ -714,6 +727,9 @@ static void dispatch(struct conn *c, const struct http_request *r, const char *b
 	} else if (path_is(r, "/reload")) {
 		if (method_is(c, r, "POST"))
 			handle_reload(c);
+	} else if (path_is(r, "/drain") || path_is(r, "/undrain")) {
+		if (method_is(c, r, "POST"))
+			handle_drain(c, r->path_len == sizeof("/drain") - 1);
 	} else if (path_is(r, "/swap")) {
 		if (method_is(c, r, "POST"))
 			handle_swap(c, SWAP_IMAGE, NULL, body, len);
@@ -752,7 +768,7 @@ static void dispatch(struct conn *c, const struct http_request *r, const char *b
 		}
 #undef ACT
 	} else {
-		send_error(c, 404, "not found: endpoints are /status, /metrics, /reload, /swap, /services/NAME/...");
+		send_error(c, 404, "not found: endpoints are /status, /metrics, /reload, /drain, /undrain, /swap, /services/NAME/...");
 	}
 }
 
