@@ -998,47 +998,15 @@ static int cmd_logs(int argc, char **argv)
 	return rc;
 }
 
-static int cmd_reload(int argc, char **argv)
+/* A command without arguments that POSTs to `target`: prints `done`, and
+ * pmd's "warning" when there is one, on success. */
+static int post_action(int argc, char **argv, const char *name, const char *target, const char *done)
 {
-	const struct command *cmd = find_command("reload");
-	bool help = false;
-	char *raw = NULL;
-	cJSON *doc = NULL;
-
-	for (int i = 1; i < argc; i++) {
-		int r = common_option(argc, argv, &i, cmd, &help);
-		if (r < 0)
-			return EX_USAGE;
-		if (help)
-			return EX_OK;
-		if (!r)
-			return usage_error("reload", "unexpected argument '%s'", argv[i]);
-	}
-	int rc = simple_request("POST", "/reload", NULL, "reload failed", &raw, &doc);
-	if (rc)
-		return rc;
-	if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(doc, "ok"))) {
-		if (jstr(doc, "warning", NULL))
-			say_err("reload: %s", jstr(doc, "warning", ""));
-		printf("configuration reloaded\n");
-	} else {
-		say_err("reload failed: %s", jstr(doc, "error", "no reason given"));
-		rc = EX_FAILED;
-	}
-	cJSON_Delete(doc);
-	free(raw);
-	return rc;
-}
-
-/* drain, undrain ----------------------------------------------------------- */
-
-static int drain_command(int argc, char **argv, bool drain)
-{
-	const char *name = drain ? "drain" : "undrain";
 	const struct command *cmd = find_command(name);
 	bool help = false;
 	char *raw = NULL;
 	cJSON *doc = NULL;
+	char failed[64];
 
 	for (int i = 1; i < argc; i++) {
 		int r = common_option(argc, argv, &i, cmd, &help);
@@ -1049,14 +1017,16 @@ static int drain_command(int argc, char **argv, bool drain)
 		if (!r)
 			return usage_error(name, "unexpected argument '%s'", argv[i]);
 	}
-	int rc = simple_request("POST", drain ? "/drain" : "/undrain", NULL, name, &raw, &doc);
+	snprintf(failed, sizeof(failed), "%s failed", name);
+	int rc = simple_request("POST", target, NULL, failed, &raw, &doc);
 	if (rc)
 		return rc;
 	if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(doc, "ok"))) {
-		printf("%s\n", drain ? "draining: the load balancer health check answers 503"
-			: "undrained: the load balancer health check answers 200");
+		if (jstr(doc, "warning", NULL))
+			say_err("%s: %s", name, jstr(doc, "warning", ""));
+		printf("%s\n", done);
 	} else {
-		say_err("%s failed: %s", name, jstr(doc, "error", "no reason given"));
+		say_err("%s: %s", failed, jstr(doc, "error", "no reason given"));
 		rc = EX_FAILED;
 	}
 	cJSON_Delete(doc);
@@ -1064,14 +1034,21 @@ static int drain_command(int argc, char **argv, bool drain)
 	return rc;
 }
 
+static int cmd_reload(int argc, char **argv)
+{
+	return post_action(argc, argv, "reload", "/reload", "configuration reloaded");
+}
+
+/* drain, undrain ----------------------------------------------------------- */
+
 static int cmd_drain(int argc, char **argv)
 {
-	return drain_command(argc, argv, true);
+	return post_action(argc, argv, "drain", "/drain", "draining: the load balancer health check answers 503");
 }
 
 static int cmd_undrain(int argc, char **argv)
 {
-	return drain_command(argc, argv, false);
+	return post_action(argc, argv, "undrain", "/undrain", "undrained: the load balancer health check answers 200");
 }
 
 /* --ssh ------------------------------------------------------------------ */

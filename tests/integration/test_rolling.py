@@ -18,29 +18,11 @@ import time
 import pytest
 
 import pmdtest
+from test_supervisor_exec import APP   # answers {"tag", "node", "path", ...}
 
 HAPROXY = "/usr/sbin/haproxy"
 HEALTH = "/.pmd/health"
 
-APP = r'''
-import http.server, json, os, sys
-port = int(os.environ["PORT"])
-tag = sys.argv[1]
-node = os.environ["NODE"]
-class H(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def do_GET(self):
-        body = json.dumps({"tag": tag, "node": node, "path": self.path}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *a):
-        pass
-print(f"app {tag} on node {node} listening on {port}", flush=True)
-http.server.ThreadingHTTPServer(("127.0.0.1", port), H).serve_forever()
-'''
 
 
 def sections(tmp_path, node, **proxy):
@@ -52,7 +34,7 @@ def sections(tmp_path, node, **proxy):
             "runtime": "exec", "image": "v1",
             "command": f"{pmdtest.PYTHON} {app} ${{IMAGE}}",
             "env": f"NODE={node}",
-            "health_path": "/", "health_interval": "200ms", "health_timeout": "1s",
+            "health_path": "/health", "health_interval": "200ms", "health_timeout": "1s",
             "healthy_threshold": 2, "unhealthy_threshold": 2, "start_timeout": "10s",
             "drain_timeout": "1s", "stop_timeout": "2s",
         },

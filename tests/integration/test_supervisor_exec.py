@@ -34,7 +34,8 @@ class H(http.server.BaseHTTPRequestHandler):
             print(f"health check proto={proto}", flush=True)
             if tag == "redirect" or proto != "https":
                 code = 301
-        body = json.dumps({"tag": tag, "pid": os.getpid(),
+        body = json.dumps({"tag": tag, "pid": os.getpid(), "path": self.path,
+                           "node": os.environ.get("NODE", ""),
                            "host": self.headers.get("Host")}).encode()
         self.send_response(code)
         self.send_header("Content-Type", "application/json")

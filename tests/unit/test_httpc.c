@@ -188,17 +188,23 @@ static void done_cb(void *arg, const struct httpc_response *res)
 	snprintf(r->headers, sizeof(r->headers), "%s", res->headers ? res->headers : "");
 }
 
-static struct httpc_req *get(const char *path, struct result *r, long timeout_ms)
+static struct httpc_req *fetch(const char *url, struct result *r, long timeout_ms)
 {
-	char url[128];
 	struct httpc_opts o = { 0 };
 
-	snprintf(url, sizeof(url), "%s%s", base_url, path);
 	o.url = url;
 	o.timeout_ms = timeout_ms;
 	o.on_done = done_cb;
 	o.arg = r;
 	return httpc_request(hc, &o, NULL);
+}
+
+static struct httpc_req *get(const char *path, struct result *r, long timeout_ms)
+{
+	char url[128];
+
+	snprintf(url, sizeof(url), "%s%s", base_url, path);
+	return fetch(url, r, timeout_ms);
 }
 
 static void test_get(void **state)
@@ -282,17 +288,13 @@ static void test_refused(void **state)
 	socklen_t sl = sizeof(sa);
 	int fd = socket(AF_INET, SOCK_STREAM, 0);
 	char url[64];
-	struct httpc_opts o = { 0 };
 
 	/* a port that was just free */
 	assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
 	assert_int_equal(getsockname(fd, (struct sockaddr *)&sa, &sl), 0);
 	close(fd);
 	snprintf(url, sizeof(url), "http://127.0.0.1:%d/", ntohs(sa.sin_port));
-	o.url = url;
-	o.on_done = done_cb;
-	o.arg = &r;
-	assert_non_null(httpc_request(hc, &o, NULL));
+	assert_non_null(fetch(url, &r, 0));
 	assert_int_equal(run_until(&r.calls, 1, 5000), 0);
 	assert_int_equal(r.curl_code, CURLE_COULDNT_CONNECT);
 	assert_int_equal(r.status, 0);
@@ -317,13 +319,9 @@ static void test_other_protocols_refused(void **state)
 
 	for (size_t i = 0; i < sizeof(urls) / sizeof(urls[0]); i++) {
 		static struct result r;
-		struct httpc_opts o = { 0 };
 
 		memset(&r, 0, sizeof(r));
-		o.url = urls[i];
-		o.on_done = done_cb;
-		o.arg = &r;
-		assert_non_null(httpc_request(hc, &o, NULL));
+		assert_non_null(fetch(urls[i], &r, 0));
 		assert_int_equal(run_until(&r.calls, 1, 5000), 0);
 		assert_int_equal(r.curl_code, CURLE_UNSUPPORTED_PROTOCOL);
 		assert_int_equal(r.status, 0);
