@@ -490,9 +490,14 @@ static const struct command commands[] = {
 	{ "restart", cmd_restart, "restart SERVICE [--timeout DUR]",
 	  "Replace the live instance with a fresh one of the same image, with the same\n"
 	  "gating as swap (no downtime).\n" },
-	{ "logs", cmd_logs, "logs SERVICE [--tail N]",
-	  "The last lines of the service's live instance.\n\n"
-	  "  --tail N   number of lines (default 100)\n" },
+	{ "logs", cmd_logs, "logs SERVICE [--tail N] [--previous | --instance ID]",
+	  "The last lines of the service's live instance, or of an earlier one: pmd\n"
+	  "keeps the last 200 lines of each of the last 5 instances (drained, replaced,\n"
+	  "crashed) in memory until it restarts.\n\n"
+	  "  --tail N        number of lines (default 100)\n"
+	  "  --previous      the newest instance that is not live (draining or gone)\n"
+	  "  --instance ID   that instance (ID or a unique prefix; pmctl status --json\n"
+	  "                  lists instances and previous_instances)\n" },
 	{ "reload", cmd_reload, "reload",
 	  "Re-read pmd's configuration, as SIGHUP does, without dropping connections.\n" },
 	{ "drain", cmd_drain, "drain",
@@ -943,9 +948,9 @@ static void write_out(void *arg, const char *data, size_t len)
 static int cmd_logs(int argc, char **argv)
 {
 	const struct command *cmd = find_command("logs");
-	const char *svc = NULL;
+	const char *svc = NULL, *inst = NULL;
 	long tail = 100;
-	bool help = false;
+	bool help = false, previous = false;
 
 	for (int i = 1; i < argc; i++) {
 		bool missing = false;
@@ -965,6 +970,16 @@ static int cmd_logs(int argc, char **argv)
 				return usage_error("logs", "--tail: expected a number of lines 1..10000, got '%s'", v);
 			continue;
 		}
+		if ((v = opt_value(argc, argv, &i, "--instance", &missing))) {
+			if (!valid_service(v) || strlen(v) > 79)
+				return usage_error("logs", "--instance: expected an instance ID, got '%s'", v);
+			inst = v;
+			continue;
+		}
+		if (strcmp(argv[i], "--previous") == 0) {
+			previous = true;
+			continue;
+		}
 		if (missing)
 			return usage_error("logs", "%s: expected a value", argv[i]);
 		if (argv[i][0] == '-')
@@ -977,13 +992,16 @@ static int cmd_logs(int argc, char **argv)
 		return usage_error("logs", "expected a SERVICE");
 	if (!valid_service(svc))
 		return usage_error("logs", "'%s' is not a service name (letters, digits, . _ -)", svc);
+	if (previous && inst)
+		return usage_error("logs", "give either --previous or --instance, not both");
 	int allowed = ssh_mode ? ssh_allowed(svc, NULL) : EX_OK;
 	if (allowed)
 		return allowed;
 
 	char target[256], err[512];
 	struct client c;
-	snprintf(target, sizeof(target), "/services/%s/logs?tail=%ld", svc, tail);
+	snprintf(target, sizeof(target), "/services/%s/logs?tail=%ld%s%s%s", svc, tail,
+		previous ? "&previous=1" : "", inst ? "&instance=" : "", inst ? inst : "");
 	int rc = open_request(&c, "GET", target, NULL, REQUEST_TIMEOUT_MS);
 	if (rc)
 		return rc;

@@ -547,6 +547,7 @@ static const struct key keys[] = {
 	{ .sect = S_SERVICE, .name = "restart", .type = T_ENUM, .def = "always", .off = SV(restart),
 	  .choices = restart_names },
 	{ .sect = S_SERVICE, .name = "unhealthy_restart", DUR(0), .def = "60s", .off = SV(unhealthy_restart_ms) },
+	{ .sect = S_SERVICE, .name = "log_relay", .type = T_BOOL, .def = "true", .off = SV(log_relay) },
 	{ .sect = S_SERVICE, .name = "keep_images", .type = T_INT, .def = "3", .min = 0, .max = 100,
 	  .off = SV(keep_images) },
 

@@ -10,6 +10,7 @@
 struct logring {
 	char **lines;        /* max slots, each malloc'd or NULL */
 	size_t max, head, n; /* head: index of the oldest line */
+	size_t total;        /* lines pushed ever */
 	char part[LINE_MAX_BYTES + 1]; /* pending partial line of logring_feed */
 	size_t part_len;
 	int part_cut;        /* the pending line overflowed: rest is dropped */
@@ -64,6 +65,7 @@ static void push_line(struct logring *r, const char *line, size_t len, int cut)
 		memcpy(s + keep, ELLIPSIS, strlen(ELLIPSIS)), keep += strlen(ELLIPSIS);
 	s[keep] = '\0';
 
+	r->total++;
 	if (r->n == r->max) {
 		free(r->lines[r->head]);
 		r->lines[r->head] = s;
@@ -131,6 +133,11 @@ void logring_flush(struct logring *r)
 size_t logring_count(const struct logring *r)
 {
 	return r ? r->n : 0;
+}
+
+size_t logring_total(const struct logring *r)
+{
+	return r ? r->total : 0;
 }
 
 const char *logring_line(const struct logring *r, size_t i)

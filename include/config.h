@@ -60,6 +60,7 @@ struct svc_conf {
 	enum restart_policy restart;
 	uint64_t unhealthy_restart_ms; /* 0 disables */
 	int keep_images;
+	bool log_relay;         /* instance output lines also go to pmd's log */
 };
 
 struct route_conf {

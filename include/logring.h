@@ -18,6 +18,9 @@ void logring_push(struct logring *r, const char *line, size_t len);
 void logring_feed(struct logring *r, const char *data, size_t len);
 void logring_flush(struct logring *r);
 size_t logring_count(const struct logring *r);
+/* Lines pushed since logring_new (kept or not): the difference of two
+ * readings is how many of the newest lines are new. */
+size_t logring_total(const struct logring *r);
 /* i-th line, 0 = oldest kept; NULL past the end. */
 const char *logring_line(const struct logring *r, size_t i);
 

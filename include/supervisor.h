@@ -83,10 +83,17 @@ void swap_detach(struct swap *w);
  * *errp set. */
 int supervisor_swap_cancel(struct supervisor *s, const char *service, int *status, char **errp);
 
-/* Last lines of a service's live instance. */
+/* Last `tail` lines of one instance of a service. Which: `instance` (an ID
+ * or a unique prefix of one, live or among the last few gone instances),
+ * else with `previous` the newest instance that is not live (stopping, or
+ * gone: drained, replaced, crashed), else the live instance (the last
+ * instance's output when none is live). Gone instances keep their last
+ * lines in memory (not across pmd restarts). 0 when done will be called;
+ * -1 with *status (404 unknown service or instance, 400 ambiguous prefix,
+ * 503) and *errp. */
 typedef void (*supervisor_logs_fn)(void *arg, int ok, const char *err,
 	const char *const *lines, size_t n);
-int supervisor_logs(struct supervisor *s, const char *service, int tail,
-	supervisor_logs_fn done, void *arg, char **errp);
+int supervisor_logs(struct supervisor *s, const char *service, int tail, const char *instance,
+	bool previous, supervisor_logs_fn done, void *arg, int *status, char **errp);
 
 #endif

@@ -13,6 +13,7 @@
  * input buffer (bounded by a read watermark) and are parsed afterwards. */
 #include "control.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <grp.h>
 #include <limits.h>
@@ -600,6 +601,32 @@ static void handle_logs(struct conn *c, const char *name, const char *query, siz
 		}
 		tail = (int)t;
 	}
+	char inst[80] = "";
+	bool previous = false;
+	int status = 503;
+	if ((v = query_get(query, qlen, "instance", &vlen)) != NULL) {
+		bool okid = vlen > 0 && vlen < sizeof(inst);
+		for (size_t i = 0; okid && i < vlen; i++)
+			okid = isalnum((unsigned char)v[i]) || v[i] == '-' || v[i] == '_' || v[i] == '.';
+		if (!okid) {
+			send_error(c, 400, "instance: expected an instance ID or a prefix of one (letters, digits, - _ .)");
+			return;
+		}
+		memcpy(inst, v, vlen);
+		inst[vlen] = '\0';
+	}
+	if ((v = query_get(query, qlen, "previous", &vlen)) != NULL) {
+		if (vlen == 1 && (v[0] == '1' || v[0] == '0')) {
+			previous = v[0] == '1';
+		} else {
+			send_error(c, 400, "previous: expected 1 or 0");
+			return;
+		}
+	}
+	if (previous && inst[0] != '\0') {
+		send_error(c, 400, "give either instance or previous, not both");
+		return;
+	}
 	if (!config_service(c->ctl->d->cfg, name)) {
 		char err[384];
 		snprintf(err, sizeof(err), "unknown service \"%s\"", name);
@@ -608,9 +635,10 @@ static void handle_logs(struct conn *c, const char *name, const char *query, siz
 	}
 	c->state = CONN_BUSY;
 	c->logs_pending = true;
-	if (supervisor_logs(c->ctl->d->sup, name, tail, logs_done_cb, c, &serr) < 0) {
+	if (supervisor_logs(c->ctl->d->sup, name, tail, inst, previous, logs_done_cb, c, &status,
+	    &serr) < 0) {
 		c->logs_pending = false;
-		send_error(c, 503, serr ? serr : "logs unavailable");
+		send_error(c, status, serr ? serr : "logs unavailable");
 	}
 	free(serr);
 }

@@ -60,6 +60,8 @@ struct op {
 	char *err;                     /* first error seen */
 	char *auth_file;               /* start: registry_auth_file, for a pull of a missing image */
 	int retried, pulled, container_port, exit_code;
+	bool relay;                    /* run_once: log_relay of the service */
+	char svc_name[64];             /* run_once, prune: the service */
 	enum net_mode network;
 	unsigned long timeout_ms;
 	/* pull */
@@ -99,6 +101,7 @@ struct dpriv {
 	void *exit_arg;
 	int exit_reported, stopping;
 	int container_port;
+	bool relay;                    /* log_relay: output lines into pmd's log */
 };
 
 /* Every op not yet finished: an instance released with ops still in flight
@@ -398,15 +401,19 @@ static void op_fail_later(struct op *op, char *err)
 /* ---- watchers: exit (wait) and output (followed logs) ------------------ */
 
 static void watch_start(struct rt_instance *inst);
+static void relay_new(struct rt_instance *inst, size_t before);
 
 static void report_exit(struct rt_instance *inst, int code, bool oom)
 {
 	struct dpriv *p = inst->priv;
+	size_t before;
 
 	if (p->exit_reported)
 		return;
 	p->exit_reported = 1;
+	before = logring_total(inst->logs);
 	logring_flush(inst->logs);
+	relay_new(inst, before);
 	log_info("container exited service=%s id=%.12s exit_code=%d oom_killed=%d", inst->service,
 		inst->id, code, oom);
 	if (p->on_exit)
@@ -473,12 +480,28 @@ static void logs_piece(void *arg, int stream, const char *data, size_t len)
 	logring_feed(arg, data, len);
 }
 
+/* log_relay: the lines inst->logs got since it had `before` in total,
+ * into pmd's log like the exec runtime's (the newest ones the ring kept). */
+static void relay_new(struct rt_instance *inst, size_t before)
+{
+	struct dpriv *p = inst->priv;
+	size_t n = logring_count(inst->logs), fresh = logring_total(inst->logs) - before;
+
+	if (!p->relay)
+		return;
+	for (size_t k = fresh < n ? n - fresh : 0; k < n; k++)
+		log_info("app output service=%s color=%s line=%s", inst->service, inst->color,
+			log_q(logring_line(inst->logs, k)));
+}
+
 static int follow_data(void *arg, const char *data, size_t len)
 {
 	struct rt_instance *inst = arg;
 	struct dpriv *p = inst->priv;
+	size_t before = logring_total(inst->logs);
 
 	docker_demux_feed(&p->demux, data, len, logs_piece, inst->logs);
+	relay_new(inst, before);
 	return 0;
 }
 
@@ -486,10 +509,12 @@ static void follow_done(void *arg, const struct httpc_response *res)
 {
 	struct rt_instance *inst = arg;
 	struct dpriv *p = inst->priv;
+	size_t before = logring_total(inst->logs);
 
 	(void)res;
 	p->logs_req = NULL;
 	logring_flush(inst->logs);
+	relay_new(inst, before);
 }
 
 static void watch_start(struct rt_instance *inst)
@@ -1065,6 +1090,7 @@ static void docker_start(struct runtime_ctx *rt, const struct svc_conf *svc, str
 		done(arg, 0, "out of memory");
 		return;
 	}
+	((struct dpriv *)inst->priv)->relay = svc->log_relay;
 	op->inst = inst;
 	op->done = done;
 	op->network = svc->network;
@@ -1196,6 +1222,9 @@ static void once_logs(struct op *op, const struct httpc_response *res)
 		memset(&op->demux, 0, sizeof(op->demux));
 		docker_demux_feed(&op->demux, res->body, res->body_len, logs_piece, op->out);
 		logring_flush(op->out);
+		for (size_t k = 0; op->relay && k < logring_count(op->out); k++)
+			log_info("app output service=%s color=once line=%s", op->svc_name,
+				log_q(logring_line(op->out, k)));
 	}
 	snprintf(path, sizeof(path), "/containers/%s?force=true&v=false", op->id);
 	op_call(op, "DELETE", path, NULL, CALL_TIMEOUT_MS, NULL, op_last_step);
@@ -1258,6 +1287,8 @@ static void docker_run_once(struct runtime_ctx *rt, const struct svc_conf *svc, 
 		return;
 	}
 	op->once_done = done;
+	op->relay = svc->log_relay;
+	snprintf(op->svc_name, sizeof(op->svc_name), "%s", svc->name);
 	op->timeout_ms = timeout_ms;
 	op->exit_code = -1;
 	op->network = svc->network;
@@ -1443,6 +1474,7 @@ static void docker_adopt(struct runtime_ctx *rt, const struct svc_conf *svc, str
 		done(arg, 0, "out of memory");
 		return;
 	}
+	((struct dpriv *)inst->priv)->relay = svc->log_relay;
 	op->inst = inst;
 	op->done = done;
 	op->container_port = svc->network == NET_BRIDGE ? svc->port : 0;
@@ -1471,10 +1503,10 @@ static void prune_removed(struct op *op, const struct httpc_response *res)
 	if (res->status == 200 || res->status == 404) {
 		im->gone = true;
 		if (res->status == 200)
-			log_info("image removed service=%s ref=%s id=%.19s", op->name, log_q(im->ref), im->id);
+			log_info("image removed service=%s ref=%s id=%.19s", op->svc_name, log_q(im->ref), im->id);
 	} else {
 		char *m = res->error ? strdup(res->error) : docker_error_text(res->body, res->status);
-		log_warn("image not removed service=%s ref=%s error=%s", op->name, log_q(im->ref),
+		log_warn("image not removed service=%s ref=%s error=%s", op->svc_name, log_q(im->ref),
 			log_q(m ? m : "failed"));
 		free(m);
 	}
@@ -1517,7 +1549,7 @@ static void prune_inspected(struct op *op, const struct httpc_response *res)
 	if (!by_name && !unnamed) {
 		/* its name moved on and other names hold it: not ours any more */
 		log_info("image kept, its name now names another image service=%s ref=%s id=%.19s",
-			op->name, log_q(im->ref), im->id);
+			op->svc_name, log_q(im->ref), im->id);
 		im->gone = true;
 		prune_next(op);
 		return;
@@ -1576,7 +1608,7 @@ static void docker_prune(struct runtime_ctx *rt, const struct svc_conf *svc, con
 	op->pruned = done;
 	memcpy(op->imgs, imgs, n * sizeof(*imgs));
 	op->n_imgs = n;
-	snprintf(op->name, sizeof(op->name), "%s", svc->name);
+	snprintf(op->svc_name, sizeof(op->svc_name), "%s", svc->name);
 	snprintf(op->what, sizeof(op->what), "docker prune %s", svc->name);
 	op_begin(op, prune_first);
 }

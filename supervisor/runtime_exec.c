@@ -372,6 +372,7 @@ static void exec_start(struct runtime_ctx *rt, const struct svc_conf *svc, struc
 		return;
 	}
 	p = inst->priv;
+	p->quiet = !svc->log_relay;
 	p->on_exit = on_exit;
 	p->exit_arg = arg;
 	snprintf(inst->id, sizeof(inst->id), "pid-%d", (int)inst->pid);
@@ -418,6 +419,7 @@ static void exec_run_once(struct runtime_ctx *rt, const struct svc_conf *svc, co
 		return;
 	}
 	p = inst->priv;
+	p->quiet = !svc->log_relay;
 	p->once_done = done;
 	p->once_arg = arg;
 	p->once_timeout_ms = timeout_ms;

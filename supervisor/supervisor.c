@@ -194,6 +194,32 @@ struct instance *inst_new(struct service *svc, const char *image, const char *co
 	return inst;
 }
 
+/* Keep the output of inst (gone) among the service's last few instances;
+ * the ring moves over. */
+static void retain(struct service *svc, struct instance *inst)
+{
+	struct retained *r;
+
+	if (inst->rt->id[0] == '\0' || inst->rt->logs == NULL)
+		return;
+	if (svc->n_retained == SVC_RETAINED)
+		logring_free(svc->retained[--svc->n_retained].logs);
+	memmove(&svc->retained[1], &svc->retained[0], svc->n_retained * sizeof(svc->retained[0]));
+	svc->n_retained++;
+	r = &svc->retained[0];
+	memset(r, 0, sizeof(*r));
+	snprintf(r->id, sizeof(r->id), "%s", inst->rt->id);
+	snprintf(r->color, sizeof(r->color), "%s", inst->rt->color);
+	snprintf(r->image, sizeof(r->image), "%s", inst->rt->image);
+	r->started_at = inst->rt->started_at;
+	r->ended_at = (long)time(NULL);
+	r->has_exit = inst->exited;
+	r->exit_code = inst->exit_code;
+	logring_flush(inst->rt->logs);
+	r->logs = inst->rt->logs;
+	inst->rt->logs = NULL;
+}
+
 /* Unlink and free; the runtime is done with it. */
 static void inst_free(struct instance *inst)
 {
@@ -213,6 +239,7 @@ static void inst_free(struct instance *inst)
 	event_free(inst->unhealthy_timer);
 	backend_unref(inst->be);
 	svc->ops->release(inst->rt);
+	retain(svc, inst);
 	rt_instance_free(inst->rt);
 	free(inst);
 }
@@ -354,19 +381,25 @@ void inst_stop(struct instance *inst, inst_gone_fn fn, void *arg)
 		inst_stopped, inst);
 }
 
+/* A copy of the last max lines of ring (NULL ring: empty); NULL on
+ * allocation failure. */
+static struct logring *ring_dup(const struct logring *ring, size_t max)
+{
+	size_t n = logring_count(ring);
+	struct logring *c = logring_new(max);
+
+	for (size_t k = n > max ? n - max : 0; c != NULL && k < n; k++) {
+		const char *l = logring_line(ring, k);
+
+		logring_push(c, l, strlen(l));
+	}
+	return c;
+}
+
 static void copy_logs(struct service *svc, const struct logring *from)
 {
-	size_t n = logring_count(from);
-
 	logring_free(svc->last_logs);
-	svc->last_logs = logring_new(LAST_LOG_LINES);
-	if (svc->last_logs == NULL)
-		return;
-	for (size_t k = n > LAST_LOG_LINES ? n - LAST_LOG_LINES : 0; k < n; k++) {
-		const char *l = logring_line(from, k);
-
-		logring_push(svc->last_logs, l, strlen(l));
-	}
+	svc->last_logs = ring_dup(from, LAST_LOG_LINES);
 }
 
 static void logs_at_exit(void *arg, int ok, const char *err, struct logring *lines)
@@ -388,6 +421,7 @@ static void inst_exited(void *arg, struct rt_instance *rt, int code, bool oom)
 
 	(void)rt;
 	inst->exited = true;
+	inst->exit_code = code;
 	if (inst->stopping)
 		return;   /* expected; inst_stopped frees it */
 	log_warn("instance exited service=%s color=%s id=%s exit_code=%d oom_killed=%d",
@@ -758,6 +792,8 @@ static void svc_free(struct service *svc)
 	event_free(svc->restart_timer);
 	event_free(svc->stable_timer);
 	logring_free(svc->last_logs);
+	for (size_t i = 0; i < svc->n_retained; i++)
+		logring_free(svc->retained[i].logs);
 	free(svc);
 }
 
@@ -1191,6 +1227,22 @@ static cJSON *service_json(struct supervisor *s, struct service *svc)
 		cJSON_AddNumberToObject(io, "restarts", (double)svc->restarts);
 		cJSON_AddItemToArray(insts, io);
 	}
+	insts = cJSON_AddArrayToObject(o, "previous_instances");
+	for (size_t k = 0; k < svc->n_retained; k++) {
+		const struct retained *r = &svc->retained[k];
+		cJSON *io = cJSON_CreateObject();
+
+		cJSON_AddStringToObject(io, "id", r->id);
+		cJSON_AddStringToObject(io, "color", r->color);
+		cJSON_AddStringToObject(io, "image", r->image);
+		cJSON_AddNumberToObject(io, "started_at", (double)r->started_at);
+		cJSON_AddNumberToObject(io, "ended_at", (double)r->ended_at);
+		if (r->has_exit)
+			cJSON_AddNumberToObject(io, "exit_code", r->exit_code);
+		else
+			cJSON_AddNullToObject(io, "exit_code");
+		cJSON_AddItemToArray(insts, io);
+	}
 	cJSON_AddNumberToObject(o, "restarts", (double)svc->restarts);
 	if (svc->has_exit)
 		cJSON_AddNumberToObject(o, "last_exit_code", svc->last_exit_code);
@@ -1303,19 +1355,88 @@ static void logs_copy_cb(evutil_socket_t fd, short what, void *arg)
 	free(r);
 }
 
-int supervisor_logs(struct supervisor *s, const char *service, int tail,
-	supervisor_logs_fn done, void *arg, char **errp)
+/* The ring of the instance `want` (ID or prefix) of svc, current or
+ * retained; *live set when it is the live instance. 0, -1 not found, -2
+ * ambiguous. */
+static int find_instance_logs(struct service *svc, const char *want, const struct logring **ring,
+	struct instance **live)
+{
+	size_t wl = strlen(want);
+	int found = 0;
+
+	*live = NULL;
+	for (struct instance *in = svc->instances; in != NULL; in = in->next)
+		if (in->rt->id[0] != '\0' && strncmp(in->rt->id, want, wl) == 0) {
+			found++;
+			*ring = in->rt->logs;
+			*live = in == svc->live && in->started ? in : NULL;
+		}
+	for (size_t i = 0; i < svc->n_retained; i++)
+		if (strncmp(svc->retained[i].id, want, wl) == 0) {
+			found++;
+			*ring = svc->retained[i].logs;
+		}
+	return found == 0 ? -1 : found > 1 ? -2 : 0;
+}
+
+/* The ring of the newest instance of svc that is not live: a stopping one
+ * (draining), else the newest gone one. -1 when there is none. */
+static int previous_logs(struct service *svc, const struct logring **ring)
+{
+	const struct instance *best = NULL;
+
+	for (const struct instance *in = svc->instances; in != NULL; in = in->next)
+		if (in != svc->live && (in->stopping || in->exited) &&
+		    (best == NULL || in->rt->started_at > best->rt->started_at))
+			best = in;
+	if (best != NULL) {
+		*ring = best->rt->logs;
+		return 0;
+	}
+	if (svc->n_retained == 0)
+		return -1;
+	*ring = svc->retained[0].logs;
+	return 0;
+}
+
+int supervisor_logs(struct supervisor *s, const char *service, int tail, const char *instance,
+	bool previous, supervisor_logs_fn done, void *arg, int *status, char **errp)
 {
 	struct service *svc = sup_service(s, service);
+	const struct logring *ring = NULL;
+	struct instance *live = NULL;
 	struct logs_req *r;
+	char msg[256];
 
+	*status = 404;
 	if (svc == NULL) {
-		char msg[128];
-
 		snprintf(msg, sizeof(msg), "unknown service %s", service);
 		set_err(errp, msg);
 		return -1;
 	}
+	if (instance != NULL && instance[0] != '\0') {
+		int rc = find_instance_logs(svc, instance, &ring, &live);
+
+		if (rc < 0) {
+			*status = rc == -2 ? 400 : 404;
+			snprintf(msg, sizeof(msg), rc == -2 ? "instance %.80s of %s: ambiguous, give more of the ID" :
+				"no instance %.80s of %s (pmctl status --json lists instances and previous_instances)",
+				instance, service);
+			set_err(errp, msg);
+			return -1;
+		}
+	} else if (previous) {
+		if (previous_logs(svc, &ring) < 0) {
+			snprintf(msg, sizeof(msg), "no previous instance of %s since pmd started", service);
+			set_err(errp, msg);
+			return -1;
+		}
+	} else if (svc->live != NULL && svc->live->started) {
+		live = svc->live;
+	} else {
+		ring = svc->last_logs;   /* nothing live: what the last instance printed before it died */
+	}
+	*status = 503;
 	r = calloc(1, sizeof(*r));
 	if (r == NULL) {
 		set_err(errp, "out of memory");
@@ -1324,18 +1445,13 @@ int supervisor_logs(struct supervisor *s, const char *service, int tail,
 	r->done = done;
 	r->arg = arg;
 	r->tail = tail;
-	if (svc->live != NULL && svc->live->started && svc->ops->logs != NULL) {
-		svc->ops->logs(&s->rt, svc->live->rt, tail, logs_cb, r);
+	if (live != NULL && svc->ops->logs != NULL) {
+		svc->ops->logs(&s->rt, live->rt, tail, logs_cb, r);
 		return 0;
 	}
-	/* Nothing live: what the last instance printed before it died. */
-	r->copy = logring_new(LAST_LOG_LINES);
-	for (size_t k = 0; r->copy != NULL && svc->last_logs != NULL &&
-	     k < logring_count(svc->last_logs); k++) {
-		const char *l = logring_line(svc->last_logs, k);
-
-		logring_push(r->copy, l, strlen(l));
-	}
+	if (live != NULL)
+		ring = live->rt->logs;
+	r->copy = ring_dup(ring, logring_count(ring) > 0 ? logring_count(ring) : 1);
 	if (r->copy == NULL || event_base_once(s->base, -1, EV_TIMEOUT, logs_copy_cb, r, NULL) < 0) {
 		logring_free(r->copy);
 		free(r);

@@ -30,6 +30,17 @@ enum svc_state {
 	SVC_SWAPPING,       /* a swap of the service is running */
 };
 
+/* An instance that is gone (drained, replaced, failed, crashed): what
+ * `pmctl logs --previous / --instance` shows. */
+#define SVC_RETAINED 5
+struct retained {
+	char id[80], color[8], image[512];
+	long started_at, ended_at;   /* unix seconds */
+	bool has_exit;
+	int exit_code;
+	struct logring *logs;        /* its last lines (the instance's own ring) */
+};
+
 struct instance;
 typedef void (*inst_gone_fn)(void *arg, struct instance *inst);
 
@@ -44,6 +55,7 @@ struct instance {
 	struct event *unhealthy_timer;/* unhealthy_restart */
 	uint64_t stop_timeout_ms;
 	bool adopted, started, exited, stopping, was_healthy;
+	int exit_code;                /* when exited */
 	inst_gone_fn on_gone;         /* stop finished and instance freed */
 	void *gone_arg;
 };
@@ -64,6 +76,8 @@ struct service {
 	int last_exit_code;
 	char error[512];              /* why it is failed / crashlooping */
 	struct logring *last_logs;    /* output of the last instance that died */
+	struct retained retained[SVC_RETAINED]; /* gone instances, newest first */
+	size_t n_retained;
 	struct event *restart_timer;
 	struct event *stable_timer;   /* healthy for BACKOFF_RESET_MS: crashes = 0 */
 	bool restart_due;             /* timer fired, waiting for the colour to free */

@@ -559,6 +559,59 @@ def test_interrupted_first_release_runs_again(pmd_factory, tmp_path):
     wait_for(lambda: not pmd_containers(color="once"), 20, what="the cut release container removed")
 
 
+# Prints one line no other instance prints, then serves like FLAG_APP.
+MARKED_APP = ("sh -c 'echo \"marker $(cat /proc/sys/kernel/random/uuid)\"; "
+              "mkdir -p /tmp/w && echo ok > /tmp/w/health && "
+              "exec httpd -f -p 127.0.0.1:$PORT -h /tmp/w'")
+
+
+def marker(text):
+    """The marker lines in text (pmctl logs output)."""
+    return [l for l in text.splitlines() if l.startswith("marker ")]
+
+
+def test_logs_of_previous_instances_and_relay(pmd_factory):
+    """Container output goes to pmd's log (log_relay, default on; off for
+    `quiet`); the last lines of a replaced and of a crashed instance stay
+    retrievable with --previous and --instance."""
+    conf = dict(image=BUSYBOX, pull="missing", command=MARKED_APP, health_path="/health",
+                registry_auth_file="")
+    p = pmd_factory({"service app": frontend_conf(**conf),
+                     "route app": {"prefix": "/", "service": "app"},
+                     "service quiet": frontend_conf(log_relay=False, **conf),
+                     "route quiet": {"prefix": "/q/", "service": "quiet"}})
+    p.wait_healthy("app", 30)
+    p.wait_healthy("quiet", 30)
+    first = live(p, "app")["id"]
+    m1 = wait_for(lambda: marker(p.pmctl("logs", "app").stdout), 10, what="app output")
+    p.wait_log(r'msg="app output" service=app color=blue line="' + m1[0])
+    mq = wait_for(lambda: marker(p.pmctl("logs", "quiet").stdout), 10, what="quiet output")
+    assert mq[0] not in p.log_text()
+
+    r = p.pmctl("restart", "app")          # replaced (drained, removed)
+    assert r.returncode == 0, r.stderr
+    second = live(p, "app")["id"]
+    assert second != first
+    m2 = wait_for(lambda: marker(p.pmctl("logs", "app").stdout), 10, what="new app output")
+    assert m2 != m1
+    wait_for(lambda: not [c for c in pmd_containers(service="app") if c["id"] == first], 20,
+             what="the replaced instance removed")
+    r = p.pmctl("logs", "app", "--previous")
+    assert r.returncode == 0 and marker(r.stdout) == m1, (r.stdout, r.stderr)
+    r = p.pmctl("logs", "app", "--instance", first[:12], "--tail", "1")
+    assert r.returncode == 0 and marker(r.stdout) == m1, (r.stdout, r.stderr)
+
+    docker("kill", second)                 # crashed; restarted
+    wait_for(lambda: live(p, "app")["id"] not in (first, second), 30, what="a new instance")
+    prev = p.service("app")["previous_instances"]
+    assert [i["id"] for i in prev[:2]] == [second, first], prev
+    assert prev[0]["exit_code"] == 137, prev
+    r = p.pmctl("logs", "app", "--previous")
+    assert marker(r.stdout) == m2, r.stdout
+    r = p.pmctl("logs", "app", "--instance", "0123456789ab")
+    assert r.returncode == 1 and "no instance 0123456789ab of app" in r.stderr, r.stderr
+
+
 def test_containers_that_died_while_pmd_was_down_are_replaced(pmd_factory):
     """A reboot of the host: pmd and the containers all stopped (restart
     policy no); pmd starts them again and removes the dead ones."""
