@@ -4,13 +4,14 @@
 PREFIX  ?= /usr/local
 DESTDIR ?=
 CC      ?= gcc
-PKGS    := libevent_core libevent_openssl libevent_pthreads openssl libcurl libcjson inih
+PKGS    := libevent_core libevent_openssl libevent_pthreads openssl libcurl libcjson inih libnghttp2
 # The oldest version of each library pmd builds and runs with: those of
 # Ubuntu 22.04 LTS, the oldest supported system (README "Supported
 # systems"). Checked before anything is compiled; `make deps`, `make clean`
 # and `make dist` need no libraries and skip the check.
 MIN_VERSIONS := libevent_core:2.1.12 libevent_openssl:2.1.12 libevent_pthreads:2.1.12 \
-	openssl:3.0.2 libcurl:7.81.0 libcjson:1.7.15 inih:53
+	openssl:3.0.2 libcurl:7.81.0 libcjson:1.7.15 inih:53 \
+	libnghttp2:1.43.0
 
 ifeq ($(SANITIZE),1)
 BUILD   ?= build/san

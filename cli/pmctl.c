@@ -452,9 +452,9 @@ static void print_proxy(const cJSON *px)
 {
 	const cJSON *rs = cJSON_GetObjectItemCaseSensitive(px, "responses");
 
-	printf("Proxy: %.0f connections open, %.0f requests, %.0f 5xx, %.0f upstream errors\n",
-		jnum(px, "connections", 0), jnum(px, "requests_total", 0), jnum(rs, "5xx", 0),
-		jnum(px, "upstream_errors", 0));
+	printf("Proxy: %.0f connections open (%.0f HTTP/2), %.0f requests, %.0f 5xx, %.0f upstream errors\n",
+		jnum(px, "connections", 0), jnum(px, "h2_connections", 0), jnum(px, "requests_total", 0),
+		jnum(rs, "5xx", 0), jnum(px, "upstream_errors", 0));
 }
 
 static int cmd_status(int argc, char **argv);

@@ -496,6 +496,9 @@ static const struct key keys[] = {
 	{ .sect = S_PROXY, .name = "access_log", .type = T_BOOL, .def = "true", .off = P(access_log) },
 	{ .sect = S_PROXY, .name = "lb_health_path", .def = "", .off = P(lb_health_path),
 	  .check = chk_lb_health_path, .expect = "a path starting with / (at most 127 bytes, no ? or #)" },
+	{ .sect = S_PROXY, .name = "http2", .type = T_BOOL, .def = "true", .off = P(http2) },
+	{ .sect = S_PROXY, .name = "max_concurrent_streams", .type = T_INT, .def = "100", .min = 1, .max = 10000,
+	  .off = P(max_concurrent_streams) },
 
 	{ .sect = S_TLS, .name = "mode", .type = T_ENUM, .def = "acme", .off = P(tls_mode), .choices = tls_names },
 	{ .sect = S_TLS, .name = "domains", .type = T_LIST, .def = "", .off = P(domains),
@@ -1638,6 +1641,8 @@ void config_proxy_settings(const struct pmd_config *c, struct proxy_settings *ps
 	ps->hold_timeout_ms = c->hold_timeout_ms;
 	ps->drain_timeout_ms = config_max_drain_ms(c);
 	ps->access_log = c->access_log;
+	ps->http2 = c->http2;
+	ps->max_concurrent_streams = c->max_concurrent_streams;
 	ps->log_json = c->log_format == LOG_JSON;
 	snprintf(ps->lb_health_path, sizeof(ps->lb_health_path), "%s", c->lb_health_path ? c->lb_health_path : "");
 	ps->lb_draining = false;

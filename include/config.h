@@ -102,6 +102,8 @@ struct pmd_config {
 	uint64_t hold_timeout_ms;
 	bool access_log;
 	char *lb_health_path;   /* "" = off */
+	bool http2;
+	int max_concurrent_streams;
 
 	/* [tls] */
 	enum tls_mode tls_mode;

@@ -85,6 +85,8 @@ struct proxy_settings {
 	 * has no live instance. */
 	char lb_health_path[128];
 	bool lb_draining;
+	bool http2;              /* offer h2 in ALPN */
+	int max_concurrent_streams;  /* per HTTP/2 connection */
 };
 
 struct snapshot {

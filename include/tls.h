@@ -5,8 +5,8 @@
  * Context policy (tls_ctx_new): TLS 1.2 and 1.3 only; TLS 1.2 suites ECDHE
  * (ECDSA or RSA) with AES-GCM or ChaCha20-Poly1305; TLS 1.3 default suites;
  * groups X25519, P-256, P-384; no renegotiation; the client's cipher order
- * (intermediate); ALPN answers http/1.1 only (no ALPN from the client is
- * fine); SNI picks among the loaded certificates (exact name, then a
+ * (intermediate); ALPN answers h2 (when the connection offers it:
+ * tls_offer_h2) or http/1.1 (no ALPN from the client is fine); SNI picks among the loaded certificates (exact name, then a
  * wildcard, else the first); SSL_MODE_RELEASE_BUFFERS keeps idle
  * connections small.
  *
@@ -40,6 +40,9 @@ void tls_ticket_keys_unref(struct tls_ticket_keys *k);   /* NULL ok */
  * (up-ref'd). Caller owns one reference (SSL_CTX_free). NULL + errp. */
 SSL_CTX *tls_ctx_new(struct cert_bundle *const *certs, size_t n,
 	struct tls_ticket_keys *keys, char **errp);
+
+/* Let ALPN pick h2 on this connection (before the handshake). */
+void tls_offer_h2(SSL *ssl, bool on);
 
 /* ---- TLS manager (acme/tlsmgr.c) ---- */
 struct tlsmgr;

@@ -52,6 +52,7 @@
 
 #include "log.h"
 #include "proxy_int.h"
+#include "tls.h"
 
 #define HIGH_WATER (256 * 1024)        /* pause the other side above this */
 #define LOW_WATER (64 * 1024)          /* resume below this */
@@ -61,17 +62,8 @@
 #define POOL_MAX_IDLE 256              /* idle upstreams per backend per worker */
 #define ACME_PREFIX "/.well-known/acme-challenge/"
 
-enum cstate { CS_HEAD, CS_HELD, CS_PROXY, CS_TUNNEL, CS_LINGER };
+enum cstate { CS_HEAD, CS_HELD, CS_PROXY, CS_TUNNEL, CS_LINGER, CS_H2 };
 enum tkind { T_NONE, T_HEADER, T_IDLE, T_HOLD, T_CONNECT, T_RESPONSE, T_ACTIVITY, T_LINGER };
-
-/* One message body being moved from an input evbuffer to an output one. */
-struct body {
-	enum http_body kind;
-	bool out_chunked;              /* re-frame as chunked on the way out */
-	bool done;
-	uint64_t remaining;            /* HTTP_BODY_LENGTH */
-	struct http_chunked ck;        /* HTTP_BODY_CHUNKED */
-};
 
 struct upstream {
 	struct worker *w;
@@ -91,6 +83,8 @@ struct conn {
 	struct conn *hnext, *hprev;    /* worker->held */
 	struct upstream *up;
 	struct backend *be;            /* reference + inflight for the request */
+	struct h2sess *h2;             /* CS_H2: the HTTP/2 session on io */
+	size_t out_high;               /* pause the upstream above this much client output */
 	enum cstate state;
 	enum tkind tkind;
 	bool tls, held_linked;
@@ -322,6 +316,7 @@ static void conn_log(struct conn *c, const struct proxy_settings *ps)
 	uint64_t dur = (now >= c->start_us ? now - c->start_us : 0) / 1000;
 	const char *ts = worker_timestamp(c->w);
 	const char *upname = c->be ? c->be->addr_text : "-";
+	const char *proto = c->io.h2s ? "h2" : c->minor0 ? "http/1.0" : "http/1.1";
 	size_t tlen = strlen(c->target);
 	if (ps->log_json) {
 		WB_LIT(&b, "{\"ts\":\"");
@@ -348,6 +343,8 @@ static void conn_log(struct conn *c, const struct proxy_settings *ps)
 			WB_LIT(&b, "\",\"reason\":\"");
 			wb_put(&b, c->reason, strlen(c->reason));
 		}
+		WB_LIT(&b, "\",\"proto\":\"");
+		wb_put(&b, proto, strlen(proto));
 		WB_LIT(&b, "\"}");
 	} else {
 		WB_LIT(&b, "ts=");
@@ -374,6 +371,8 @@ static void conn_log(struct conn *c, const struct proxy_settings *ps)
 			WB_LIT(&b, " reason=");
 			wb_put(&b, c->reason, strlen(c->reason));
 		}
+		WB_LIT(&b, " proto=");
+		wb_put(&b, proto, strlen(proto));
 	}
 	if (!b.over)
 		accesslog_add(c->w, line, b.n);
@@ -903,7 +902,7 @@ static int emit_response_head(struct conn *c, const struct http_response *res, s
 
 /* Bodies ------------------------------------------------------------------- */
 
-static void body_init(struct body *bd, enum http_body kind, uint64_t len, uint64_t max_body, bool out_chunked)
+void body_init(struct body *bd, enum http_body kind, uint64_t len, uint64_t max_body, bool out_chunked)
 {
 	bd->kind = kind;
 	bd->out_chunked = out_chunked;
@@ -928,7 +927,7 @@ static void chunk_out(struct evbuffer *src, struct evbuffer *dst, size_t n, bool
 /* Move what is available of a body from src to dst. Returns bytes written
  * to dst (for accounting) or -1 on malformed chunking (-2 when too large).
  * Sets bd->done at the end of the body. */
-static int64_t body_move(struct body *bd, struct evbuffer *src, struct evbuffer *dst)
+int64_t body_move(struct body *bd, struct evbuffer *src, struct evbuffer *dst)
 {
 	size_t avail = evbuffer_get_length(src);
 	int64_t moved = 0;
@@ -1398,7 +1397,7 @@ static void response_body_pump(struct conn *c)
 		conn_response_done(c);
 		return;
 	}
-	if (evbuffer_get_length(out) > HIGH_WATER && !c->up_paused) {
+	if (evbuffer_get_length(out) > c->out_high && !c->up_paused) {
 		c->up_paused = true;
 		io_read_on(&c->up->io, false);
 	}
@@ -1626,6 +1625,7 @@ static void client_read(struct io *io, void *arg)
 		evbuffer_drain(io_in(io), evbuffer_get_length(io_in(io)));
 		break;
 	case CS_HELD:
+	case CS_H2:
 		break;
 	}
 }
@@ -1659,10 +1659,18 @@ static bool conn_abandoned(const struct conn *c)
 
 static void client_event(struct io *io, short what, void *arg)
 {
-	(void)io;
 	struct conn *c = arg;
 	if (what & BEV_EVENT_CONNECTED) {
+		const unsigned char *alpn = NULL;
+		unsigned alen = 0;
 		STAT_ADD(c->w, tls_handshakes, 1);
+		SSL_get0_alpn_selected(io->ssl, &alpn, &alen);
+		if (alen == 2 && memcmp(alpn, "h2", 2) == 0) {
+			c->state = CS_H2;
+			timer_set(c, T_NONE, 0);
+			if (!(c->h2 = h2_start(c, &c->io)))
+				conn_free(c);
+		}
 		return;
 	}
 	if ((what & BEV_EVENT_EOF) && !(what & BEV_EVENT_ERROR)) {
@@ -1806,6 +1814,50 @@ static void conn_timer(evutil_socket_t fd, short what, void *arg)
 
 /* Worker entry points ------------------------------------------------------ */
 
+/* The parts of a new client conn both kinds share: callbacks, timer,
+ * worker->conns. */
+static void conn_link(struct conn *c, struct worker *w, bool tls, size_t out_high)
+{
+	evtimer_assign(&c->timer, w->base, conn_timer, c);
+	c->w = w;
+	c->tls = tls;
+	c->state = CS_HEAD;
+	c->out_high = out_high;
+	snprintf(c->rid, sizeof(c->rid), "-");
+	io_setcb(&c->io, client_read, client_write, client_event, c);
+	io_set_write_low(&c->io, LOW_WATER);
+	c->next = w->conns;
+	if (w->conns)
+		w->conns->prev = c;
+	w->conns = c;
+}
+
+struct io *conn_stream_open(struct conn *parent, struct h2stream *st, size_t out_high, size_t out_low)
+{
+	struct worker *w = parent->w;
+	struct conn *c = calloc(1, sizeof(*c));
+	if (!c || io_init_mem(&c->io, w, st) < 0) {
+		free(c);
+		return NULL;
+	}
+	memcpy(c->ip, parent->ip, sizeof(c->ip));
+	conn_link(c, w, parent->tls, out_high);
+	io_set_write_low(&c->io, out_low);
+	timer_set(c, T_HEADER, worker_settings(w)->client_header_timeout_ms);
+	io_read_on(&c->io, true);
+	return &c->io;
+}
+
+void conn_stream_close(struct io *io)
+{
+	conn_free(io->arg);
+}
+
+void conn_end(struct conn *c)
+{
+	conn_free(c);
+}
+
 void conn_accept(struct worker *w, int fd, const struct sockaddr *sa, int salen, bool tls)
 {
 	struct conn *c = NULL;
@@ -1825,26 +1877,19 @@ void conn_accept(struct worker *w, int fd, const struct sockaddr *sa, int salen,
 		snprintf(c->ip, sizeof(c->ip), "unknown");
 	if (tls) {
 		SSL_CTX *ctx = w->snap ? w->snap->tls_ctx : NULL;
-		if (!ctx || !(ssl = SSL_new(ctx)) || io_init_tls(&c->io, w, fd, ssl) < 0)
+		if (!ctx || !(ssl = SSL_new(ctx)))
+			goto fail;
+		tls_offer_h2(ssl, ps->http2);
+		if (io_init_tls(&c->io, w, fd, ssl) < 0)
 			goto fail;
 	} else if (io_init_plain(&c->io, w, fd, false) < 0) {
 		goto fail;
 	}
 	ssl = NULL;
 	fd = -1;                     /* owned by c->io */
-	evtimer_assign(&c->timer, w->base, conn_timer, c);
-	c->w = w;
-	c->tls = tls;
-	c->state = CS_HEAD;
-	snprintf(c->rid, sizeof(c->rid), "-");
+	conn_link(c, w, tls, HIGH_WATER);
 	size_t rhigh = ps->max_header_bytes + 4096 > LOW_WATER ? (size_t)ps->max_header_bytes + 4096 : LOW_WATER;
-	io_setcb(&c->io, client_read, client_write, client_event, c);
 	io_set_read_high(&c->io, rhigh);
-	io_set_write_low(&c->io, LOW_WATER);
-	c->next = w->conns;
-	if (w->conns)
-		w->conns->prev = c;
-	w->conns = c;
 	STAT_ADD(w, connections, 1);
 	STAT_ADD(w, connections_total, 1);
 	timer_set(c, T_HEADER, ps->client_header_timeout_ms);
@@ -1862,6 +1907,10 @@ fail:
 static void conn_free(struct conn *c)
 {
 	struct worker *w = c->w;
+	if (c->h2) {
+		h2_free(c->h2);          /* its streams' conns first */
+		c->h2 = NULL;
+	}
 	conn_finish_request(c);
 	held_unlink(c);
 	if (c->up)
@@ -1873,8 +1922,11 @@ static void conn_free(struct conn *c)
 	if (c->next)
 		c->next->prev = c->prev;
 	event_del(&c->timer);
+	bool stream = c->io.h2s != NULL;
 	io_close(&c->io);
 	free(c);
+	if (stream)
+		return;              /* not a connection of its own */
 	STAT_ADD(w, connections, -1);
 	worker_conn_closed(w);
 }
@@ -1959,6 +2011,10 @@ void conn_close_idle(struct worker *w)
 	struct conn *c = w->conns, *next;
 	for (; c; c = next) {
 		next = c->next;
+		if (c->h2) {
+			h2_shutdown(c->h2);  /* GOAWAY; closes itself once its streams ended */
+			continue;
+		}
 		if ((c->state == CS_HEAD && !c->req_active &&
 		     evbuffer_get_length(io_in(&c->io)) == 0) || conn_abandoned(c))
 			conn_free(c);

@@ -67,6 +67,11 @@ static bool rd_wanted(const struct io *io)
 static void rd_arm(struct io *io)
 {
 	bool want = rd_wanted(io);
+	if (io->h2s) {               /* memory: announce what came while paused */
+		if (want && io->mem_new)
+			event_active(&io->rev, EV_READ, 1);
+		return;
+	}
 	if (want && !io->rd_added) {
 		event_add(&io->rev, NULL);
 		/* bytes OpenSSL holds, or an end seen behind data: no fd event */
@@ -80,6 +85,8 @@ static void rd_arm(struct io *io)
 
 static void wr_arm(struct io *io, bool want)
 {
+	if (io->h2s)
+		return;
 	want = want || io->rd_wants_wr;
 	if (want && !io->wr_added)
 		event_add(&io->wev, NULL);
@@ -176,7 +183,10 @@ void worker_flush(struct worker *w)
 		struct io *io = w->dirty;
 		dirty_unlink(io);
 		rd_arm(io);
-		io_write_out(io, true);
+		if (io->h2s)
+			h2_stream_flush(io->h2s);
+		else
+			io_write_out(io, true);
 	}
 }
 
@@ -195,7 +205,10 @@ struct evbuffer *io_out(struct io *io)
 void io_flush_now(struct io *io)
 {
 	dirty_unlink(io);
-	io_write_out(io, false);
+	if (io->h2s)
+		h2_stream_flush(io->h2s);
+	else
+		io_write_out(io, false);
 }
 
 static void on_read(evutil_socket_t fd, short what, void *arg)
@@ -455,6 +468,71 @@ int io_init_tls(struct io *io, struct worker *w, int fd, void *ssl)
 	return 0;
 }
 
+static void mem_on_read(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	struct io *io = arg;
+	struct worker *w = io->w;
+	if (io->pend_end) {
+		short end = io->pend_end;
+		io->pend_end = 0;
+		io->eof = true;
+		io->eventcb(io, end | BEV_EVENT_READING, io->arg);
+	} else if (rd_wanted(io)) {
+		io->mem_new = false;
+		io->readcb(io, io->arg);
+	}                            /* else rd_arm announces it on resume */
+	worker_flush(w);
+}
+
+static void mem_on_write(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	struct io *io = arg;
+	struct worker *w = io->w;
+	if (io->writecb && evbuffer_get_length(io->out) <= io->wr_low)
+		io->writecb(io, io->arg);
+	worker_flush(w);
+}
+
+int io_init_mem(struct io *io, struct worker *w, struct h2stream *st)
+{
+	if (io_setup(io, w, -1, mem_on_read, mem_on_write) < 0)
+		return -1;
+	io->h2s = st;
+	io->open = true;
+	io->hs_done = true;
+	return 0;
+}
+
+void io_mem_feed(struct io *io)
+{
+	if (!io->open)
+		return;
+	io->mem_new = true;
+	rd_arm(io);
+}
+
+void io_mem_end(struct io *io, short what)
+{
+	if (!io->open || io->eof || io->pend_end)
+		return;
+	io->pend_end = what;
+	io->mem_new = true;
+	/* an end is reported even while reading is paused (a socket's
+	 * error event is too): the conn must let go of the stream */
+	event_active(&io->rev, EV_READ, 1);
+}
+
+void io_mem_writable(struct io *io)
+{
+	if (!io->open)
+		return;
+	event_active(&io->wev, EV_WRITE, 1);
+}
+
 void io_setcb(struct io *io, io_cb r, io_cb wr, io_event_cb ev, void *arg)
 {
 	io->readcb = r;
@@ -500,6 +578,8 @@ void io_keep_buffers(struct io *io, bool keep)
 
 void io_shutdown_wr(struct io *io)
 {
+	if (io->h2s)
+		return;              /* the stream ends with the response */
 	if (io->ssl && io->hs_done && !io->tls_failed) {
 		SSL_shutdown(io->ssl);       /* close_notify, if the socket takes it */
 		ERR_clear_error();
@@ -513,8 +593,9 @@ void io_reset_on_close(struct io *io)
 	if (!io->open)
 		return;
 	io_flush_now(io);
-	io->tls_failed = true;       /* no close_notify: the end is not clean */
-	setsockopt(io->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+	io->tls_failed = true;       /* no close_notify (memory: RST_STREAM) */
+	if (!io->h2s)
+		setsockopt(io->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
 }
 
 void io_close(struct io *io)
@@ -533,7 +614,10 @@ void io_close(struct io *io)
 		SSL_free(io->ssl);
 		io->ssl = NULL;
 	}
+	if (io->h2s)
+		h2_stream_closed(io->h2s, io->tls_failed);
 	evbuffer_free(io->in);
 	evbuffer_free(io->out);
-	close(io->fd);
+	if (io->fd >= 0)
+		close(io->fd);
 }

@@ -26,6 +26,7 @@ struct wstats {
 	_Atomic uint64_t responses[6];
 	_Atomic uint64_t bytes_in, bytes_out, upstream_errors, held, tls_handshakes;
 	_Atomic long inflight;           /* requests and tunnels in progress */
+	_Atomic uint64_t h2_connections, h2_connections_total, h2_streams_total;
 };
 
 /* Per-worker, per-route request counters (same single-writer rule).
@@ -86,6 +87,8 @@ struct io {
 	bool rd_again;                   /* TLS: read more (or report the end) next turn */
 	short pend_end;                  /* TLS: EOF/ERROR seen behind data, not reported yet */
 	struct io *dnext, *dprev;        /* worker->dirty */
+	struct h2stream *h2s;            /* memory io of an HTTP/2 stream, else NULL */
+	bool mem_new;                    /* memory: input or an end not yet announced */
 };
 
 /* Plain socket (fd nonblocking; `connecting`: a connect is in progress and
@@ -93,6 +96,18 @@ struct io {
 int io_init_plain(struct io *io, struct worker *w, int fd, bool connecting);
 /* TLS server side on fd with ssl (both owned by io on success). */
 int io_init_tls(struct io *io, struct worker *w, int fd, void *ssl);
+/* Memory io of one HTTP/2 stream (proxy/h2.c): no socket. The stream
+ * writes the request into `in` and announces it with io_mem_feed (or an
+ * end with io_mem_end); the read callback runs on its own turn while
+ * reading is on, as for a socket. What the connection layer adds to `out`
+ * is handed to h2_stream_flush at the end of the callback; the stream
+ * takes it at the pace of the HTTP/2 client and calls io_mem_writable,
+ * which runs the write callback (own turn) once `out` is at the low
+ * watermark. io_close hands the rest of `out` to h2_stream_closed. */
+int io_init_mem(struct io *io, struct worker *w, struct h2stream *st);
+void io_mem_feed(struct io *io);
+void io_mem_end(struct io *io, short what);
+void io_mem_writable(struct io *io);
 void io_setcb(struct io *io, io_cb r, io_cb wr, io_event_cb ev, void *arg);
 void io_read_on(struct io *io, bool on);
 void io_set_read_high(struct io *io, size_t high);   /* 0 = unlimited */
@@ -204,7 +219,32 @@ void accesslog_add(struct worker *w, const char *line, size_t len);
 /* Current UTC time as "2026-11-28T17:42:13.123Z" (worker-cached). */
 const char *worker_timestamp(struct worker *w);
 
+/* One message body being moved from an input evbuffer to an output one
+ * (conn.c; h2.c takes response bodies apart with it). */
+struct body {
+	enum http_body kind;
+	bool out_chunked;              /* re-frame as chunked on the way out */
+	bool done;
+	uint64_t remaining;            /* HTTP_BODY_LENGTH */
+	struct http_chunked ck;        /* HTTP_BODY_CHUNKED */
+};
+void body_init(struct body *bd, enum http_body kind, uint64_t len, uint64_t max_body, bool out_chunked);
+/* Move what is available of a body from src to dst. Returns bytes written
+ * to dst (for accounting) or -1 on malformed chunking (-2 when too large).
+ * Sets bd->done at the end of the body. */
+int64_t body_move(struct body *bd, struct evbuffer *src, struct evbuffer *dst);
+
 /* conn.c */
+/* A request conn for one HTTP/2 stream of `parent` (a CS_H2 conn): its
+ * client side is a memory io (io_init_mem) the stream feeds with an
+ * HTTP/1.1 request head and body; the upstream pauses above out_high
+ * bytes of response output, resumes at out_low. NULL when out of memory. */
+struct io *conn_stream_open(struct conn *parent, struct h2stream *st, size_t out_high, size_t out_low);
+/* The stream's client is gone: free its conn now (logged as 499 if it
+ * had no answer yet). Its io_close calls h2_stream_closed. */
+void conn_stream_close(struct io *io);
+/* Close a client connection now (h2.c: the session ended). */
+void conn_end(struct conn *c);
 void conn_accept(struct worker *w, int fd, const struct sockaddr *sa, int salen, bool tls);
 /* New snapshot: retry held requests, drop idle upstreams of stale backends. */
 void conn_on_snapshot(struct worker *w);
@@ -216,5 +256,42 @@ void conn_tick(struct worker *w);
 void conn_close_idle(struct worker *w);
 /* Worker shutdown: free every connection and pooled upstream. */
 void conn_free_all(struct worker *w);
+
+/* h2req.c — an HTTP/2 request's header fields to an HTTP/1.1 head. */
+struct h2buf {
+	char *p;
+	size_t len, cap;
+};
+struct h2req {
+	struct h2buf fields;             /* regular fields, "name: value\r\n" */
+	struct h2buf cookie;             /* cookie crumbs joined by "; " */
+	struct h2buf method, path, authority, host;
+	bool scheme, regular_seen, has_cl;
+	size_t total, max;               /* bytes kept, limit */
+};
+void h2req_init(struct h2req *r, size_t max);
+void h2req_free(struct h2req *r);
+/* One field: 0, -1 malformed (RFC 9113 §8: stream error), -2 over max
+ * (or out of memory). */
+int h2req_field(struct h2req *r, const uint8_t *name, size_t nlen, const uint8_t *value, size_t vlen);
+/* Append the HTTP/1.1 head to out: 0, or -1 malformed (a pseudo-header
+ * missing, CONNECT, Host naming another authority). `end_stream`: the
+ * request has no DATA; else, without content-length, *chunked is set and
+ * the body must be sent chunked. */
+int h2req_head(struct h2req *r, bool end_stream, struct evbuffer *out, bool *chunked);
+
+/* h2.c — HTTP/2 sessions on TLS client connections (ALPN h2). */
+struct h2sess;
+/* Take over conn c's io (handshake done, ALPN h2): the server preface is
+ * queued. NULL when out of memory (the caller frees c). */
+struct h2sess *h2_start(struct conn *c, struct io *io);
+/* Free the session and every stream's conn (no callbacks to c). */
+void h2_free(struct h2sess *s);
+/* Graceful stop: GOAWAY; the connection closes once its streams ended. */
+void h2_shutdown(struct h2sess *s);
+/* io.c -> h2.c for memory ios: the conn added output or consumed input;
+ * the conn is being freed (`reset`: the response must not look complete). */
+void h2_stream_flush(struct h2stream *st);
+void h2_stream_closed(struct h2stream *st, bool reset);
 
 #endif

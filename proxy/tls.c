@@ -126,13 +126,22 @@ static int ticket_cb(SSL *ssl, unsigned char key_name[16], unsigned char *iv,
 static int alpn_cb(SSL *ssl, const unsigned char **out, unsigned char *outlen,
 	const unsigned char *in, unsigned int inlen, void *arg)
 {
-	(void)ssl; (void)arg;
-	static const unsigned char http11[] = "\x08http/1.1";
+	(void)arg;
+	/* server preference: h2 first when offered (tls_offer_h2) */
+	static const unsigned char both[] = "\x02h2\x08http/1.1";
+	const unsigned char *ours = SSL_get_app_data(ssl) ? both : both + 3;
+	unsigned ourlen = SSL_get_app_data(ssl) ? sizeof(both) - 1 : sizeof(both) - 4;
 	unsigned char *sel = NULL;
-	if (SSL_select_next_proto(&sel, outlen, http11, sizeof(http11) - 1, in, inlen) != OPENSSL_NPN_NEGOTIATED)
+	if (SSL_select_next_proto(&sel, outlen, ours, ourlen, in, inlen) != OPENSSL_NPN_NEGOTIATED)
 		return SSL_TLSEXT_ERR_NOACK;
 	*out = sel;
 	return SSL_TLSEXT_ERR_OK;
+}
+
+void tls_offer_h2(SSL *ssl, bool on)
+{
+	static char mark;
+	SSL_set_app_data(ssl, on ? &mark : NULL);
 }
 
 /* Does `name` (from SNI) match `pattern` (a SAN): exactly, or through a

@@ -101,6 +101,12 @@ static void proxy_metrics(struct proxy *p, struct evbuffer *out)
 	counter(out, "pmd_upstream_errors_total", "Upstream failures answered 502 or 504.", st.upstream_errors);
 	counter(out, "pmd_held_requests_total", "Requests held waiting for a live instance.", st.held);
 	counter(out, "pmd_tls_handshakes_total", "TLS handshakes completed.", st.tls_handshakes);
+	family(out, "pmd_proxy_h2_connections", "gauge", "HTTP/2 client connections open now.");
+	evbuffer_add_printf(out, "pmd_proxy_h2_connections %" PRIu64 "\n", st.h2_connections);
+	counter(out, "pmd_proxy_h2_connections_total", "HTTP/2 client connections (ALPN h2).",
+		st.h2_connections_total);
+	counter(out, "pmd_proxy_h2_streams_total", "HTTP/2 streams handed to the request path.",
+		st.h2_streams_total);
 }
 
 void metrics_render(struct pmd *d, struct evbuffer *out)

@@ -6,13 +6,15 @@ set -euo pipefail
 PKGS=(
 	# build
 	gcc make pkg-config
-	libevent-dev libssl-dev libcurl4-openssl-dev libcjson-dev libinih-dev
+	libevent-dev libssl-dev libcurl4-openssl-dev libcjson-dev libinih-dev libnghttp2-dev
 	# unit tests and fuzzing
 	libcmocka-dev clang libclang-rt-14-dev
 	# integration tests and their peers
 	python3 python3-pytest python3-pytest-xdist curl openssl
 	docker.io docker-registry apache2-utils pebble
 	busybox-static gunicorn
+	# HTTP/2 clients (test_h2.py) and the h2 bench (bench/h2.sh)
+	nghttp2-client python3-h2 chromium haproxy nginx-light
 	# droplet files: systemd-analyze verify, cloud-init schema, man -l, make dist
 	systemd cloud-init python3-yaml man-db groff-base git
 )

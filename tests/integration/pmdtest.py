@@ -512,6 +512,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = _handle
 
 
+class _Server(http.server.ThreadingHTTPServer):
+    request_queue_size = 256     # many streams of one HTTP/2 client connect at once
+
+
 class BackendServer:
     """In-process threaded HTTP/1.1 server on 127.0.0.1:port.
 
@@ -528,7 +532,7 @@ class BackendServer:
         self.requests = []
         self.lock = threading.Lock()
         self.port = port or free_port()
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), _Handler)
+        self.httpd = _Server(("127.0.0.1", self.port), _Handler)
         self.httpd.daemon_threads = True
         self.httpd.owner = self
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)

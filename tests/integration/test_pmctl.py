@@ -51,7 +51,7 @@ def status_doc(now):
         "tls": {"mode": "acme", "domains": ["meatscentral.com", "www.meatscentral.com"],
                 "not_after": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now + 62 * 86400 + 3600)),
                 "issuer": "Pebble", "last_error": "rate limited"},
-        "proxy": {"connections": 7, "requests_total": 12345,
+        "proxy": {"connections": 7, "h2_connections": 2, "requests_total": 12345,
                   "responses": {"1xx": 0, "2xx": 12000, "3xx": 300, "4xx": 40, "5xx": 5},
                   "upstream_errors": 3},
     }
@@ -203,7 +203,7 @@ def test_status_table(fake):
     assert "acme meatscentral.com, www.meatscentral.com" in tls
     assert "expires in 62 days" in tls
     assert "last error: rate limited" in tls
-    assert "Proxy: 7 connections open, 12345 requests, 5 5xx, 3 upstream errors" in r.stdout
+    assert "Proxy: 7 connections open (2 HTTP/2), 12345 requests, 5 5xx, 3 upstream errors" in r.stdout
     assert fake.requests[0]["method"] == "GET" and fake.requests[0]["target"] == "/status"
 
 

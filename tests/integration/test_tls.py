@@ -64,6 +64,8 @@ def test_self_signed_policy(pmd_factory):
     for flag, proto in (("-tls1_2", "TLSv1.2"), ("-tls1_3", "TLSv1.3")):
         out = s_client(port, flag, "-alpn", "h2,http/1.1")
         assert f"New, {proto}, Cipher is" in out, out
+        assert "ALPN protocol: h2" in out, out     # [proxy] http2 = true
+        out = s_client(port, flag, "-alpn", "http/1.1")
         assert "ALPN protocol: http/1.1" in out, out
     # TLS 1.2: ECDHE with AEAD only; CBC and static RSA are refused
     out = s_client(port, "-tls1_2", "-cipher", "AES128-SHA:ECDHE-ECDSA-AES128-SHA")
