@@ -842,7 +842,13 @@ static void create_call(struct op *op);
 /* Remove the container we created, then report op->err. */
 static void removed_after_failure(struct op *op, const struct httpc_response *res)
 {
-	(void)res;
+	if (res->status != 204 && res->status != 404) {
+		char *m = res->error ? strdup(res->error) : docker_error_text(res->body, res->status);
+
+		log_warn("container not removed after a failed start name=%s id=%.12s error=%s",
+			op->name, op->id, log_q(m ? m : "failed"));
+		free(m);
+	}
 	op_finish(op);
 }
 

@@ -165,6 +165,8 @@ static void inst_exited(void *arg, struct rt_instance *rt, int code, bool oom);
 static void svc_crashed(struct service *svc, const char *why);
 static void start_timeout_cb(evutil_socket_t fd, short what, void *arg);
 static void unhealthy_timeout_cb(evutil_socket_t fd, short what, void *arg);
+static void remove_retry_cb(evutil_socket_t fd, short what, void *arg);
+static void removed_gone(void *arg, struct instance *inst);
 static void svc_try_restart(struct service *svc);
 
 struct instance *inst_new(struct service *svc, const char *image, const char *color)
@@ -180,11 +182,14 @@ struct instance *inst_new(struct service *svc, const char *image, const char *co
 	snprintf(inst->rt->image, sizeof(inst->rt->image), "%s", image);
 	inst->start_timer = evtimer_new(svc->sup->base, start_timeout_cb, inst);
 	inst->unhealthy_timer = evtimer_new(svc->sup->base, unhealthy_timeout_cb, inst);
-	if (inst->start_timer == NULL || inst->unhealthy_timer == NULL) {
+	inst->remove_timer = evtimer_new(svc->sup->base, remove_retry_cb, inst);
+	if (inst->start_timer == NULL || inst->unhealthy_timer == NULL || inst->remove_timer == NULL) {
 		if (inst->start_timer != NULL)
 			event_free(inst->start_timer);
 		if (inst->unhealthy_timer != NULL)
 			event_free(inst->unhealthy_timer);
+		if (inst->remove_timer != NULL)
+			event_free(inst->remove_timer);
 		rt_instance_free(inst->rt);
 		free(inst);
 		return NULL;
@@ -237,6 +242,7 @@ static void inst_free(struct instance *inst)
 	health_free(inst->health);
 	event_free(inst->start_timer);
 	event_free(inst->unhealthy_timer);
+	event_free(inst->remove_timer);
 	backend_unref(inst->be);
 	svc->ops->release(inst->rt);
 	retain(svc, inst);
@@ -284,7 +290,14 @@ static void inst_started(void *arg, int ok, const char *err)
 				svc->live = NULL;
 			svc_crashed(svc, svc->error);
 		}
-		inst_free(inst);
+		/* A container was created (its removal after the failure may
+		 * have failed too): remove it for sure, retried as a leftover,
+		 * rather than leave it `Created`. */
+		if (svc->ops == &runtime_docker_ops && inst->rt->id[0] != '\0' &&
+		    !svc->sup->shutting_down)
+			inst_stop(inst, NULL, NULL);
+		else
+			inst_free(inst);
 		return;
 	}
 	inst->started = true;
@@ -343,18 +356,52 @@ static void inst_stopped(void *arg, int ok, const char *err)
 	inst_gone_fn fn = inst->on_gone;
 	void *fn_arg = inst->gone_arg;
 
+	if (!ok && !svc->sup->shutting_down && svc->ops == &runtime_docker_ops) {
+		/* A leftover: still there (engine restarting, 500 on stop or
+		 * delete). Shown in /status, removal retried with backoff until
+		 * it succeeds; whoever waited for it (a swap) goes on. */
+		uint64_t delay = backoff_delay_ms(++inst->remove_failures);
+
+		inst->leftover = true;
+		snprintf(inst->remove_error, sizeof(inst->remove_error), "%s", err != NULL ? err : "");
+		log_warn("instance not removed, retrying service=%s color=%s id=%s attempt=%u "
+			"in_ms=%llu error=%s", svc->name, inst->rt->color, inst->rt->id,
+			inst->remove_failures, (unsigned long long)delay, log_q(err));
+		arm(inst->remove_timer, delay);
+		inst->on_gone = NULL;
+		if (fn != NULL && fn != removed_gone)
+			fn(fn_arg, inst);
+		return;
+	}
 	if (!ok)
 		log_warn("instance not removed cleanly service=%s id=%s error=%s", svc->name,
 			inst->rt->id, log_q(err));
 	else
-		log_info("instance removed service=%s color=%s id=%s", svc->name, inst->rt->color,
-			inst->rt->id);
+		log_info("instance removed service=%s color=%s id=%s attempts=%u", svc->name,
+			inst->rt->color, inst->rt->id, inst->remove_failures + 1);
+	if (inst->leftover && svc->conf == NULL) {
+		fn = removed_gone;    /* the service went away by a reload meanwhile */
+		fn_arg = svc;
+	}
 	inst_free(inst);
 	if (svc->restart_due)
 		svc_try_restart(svc);
 	/* Last: a removed service is freed by its last instance's fn. */
 	if (fn != NULL)
-		fn(fn_arg, inst);
+		fn(fn_arg, NULL);
+}
+
+static void remove_retry_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct instance *inst = arg;
+	struct service *svc = inst->svc;
+
+	(void)fd;
+	(void)what;
+	log_info("removing leftover instance service=%s color=%s id=%s attempt=%u", svc->name,
+		inst->rt->color, inst->rt->id, inst->remove_failures + 1);
+	svc->ops->stop(&svc->sup->rt, inst->rt, (unsigned long)inst->stop_timeout_ms,
+		inst_stopped, inst);
 }
 
 void inst_stop(struct instance *inst, inst_gone_fn fn, void *arg)
@@ -1122,6 +1169,7 @@ void supervisor_shutdown(struct supervisor *s)
 			in->health = NULL;
 			evtimer_del(in->start_timer);
 			evtimer_del(in->unhealthy_timer);
+			evtimer_del(in->remove_timer);
 			/* Containers are adopted at the next start; processes are not. */
 			if (svc->ops == &runtime_exec_ops && in->started && !in->exited)
 				inst_stop(in, NULL, NULL);
@@ -1211,7 +1259,8 @@ static cJSON *service_json(struct supervisor *s, struct service *svc)
 	insts = cJSON_AddArrayToObject(o, "instances");
 	for (struct instance *in = svc->instances; in != NULL; in = in->next) {
 		cJSON *io = cJSON_CreateObject();
-		const char *role = in == svc->live ? "live" : in->stopping ? "stopping" : "candidate";
+		const char *role = in == svc->live ? "live" : in->leftover ? "leftover"
+			: in->stopping ? "stopping" : "candidate";
 
 		cJSON_AddStringToObject(io, "id", in->rt->id);
 		cJSON_AddStringToObject(io, "color", in->rt->color);
@@ -1222,6 +1271,8 @@ static cJSON *service_json(struct supervisor *s, struct service *svc)
 			health_state(in->health) == HEALTH_HEALTHY);
 		cJSON_AddStringToObject(io, "health", inst_health_name(in));
 		cJSON_AddStringToObject(io, "role", role);
+		if (in->leftover)
+			cJSON_AddStringToObject(io, "error", in->remove_error);
 		cJSON_AddBoolToObject(io, "routed", inst_routed(svc, in));
 		cJSON_AddNumberToObject(io, "started_at", (double)in->rt->started_at);
 		cJSON_AddNumberToObject(io, "restarts", (double)svc->restarts);

@@ -42,6 +42,7 @@ struct retained {
 };
 
 struct instance;
+/* inst: NULL when gone, else a leftover (see inst_stop). */
 typedef void (*inst_gone_fn)(void *arg, struct instance *inst);
 
 struct instance {
@@ -53,9 +54,13 @@ struct instance {
 	struct swap_item *gate;       /* candidate of a swap: events go there */
 	struct event *start_timer;    /* live, not healthy within start_timeout */
 	struct event *unhealthy_timer;/* unhealthy_restart */
+	struct event *remove_timer;   /* leftover: next removal attempt */
 	uint64_t stop_timeout_ms;
+	unsigned remove_failures;     /* leftover: consecutive failed removals */
+	char remove_error[256];       /* leftover: why the last removal failed */
 	bool adopted, started, exited, stopping, was_healthy;
 	int exit_code;                /* when exited */
+	bool leftover;                /* its removal failed: retried with backoff */
 	inst_gone_fn on_gone;         /* stop finished and instance freed */
 	void *gone_arg;
 };
@@ -123,7 +128,10 @@ struct instance *inst_new(struct service *svc, const char *image, const char *co
  * possibly before this returns), -1 with *errp when it cannot be started
  * at all (missing required_env, ...): the instance is freed. */
 int inst_launch(struct instance *inst, char **errp);
-/* Stop and remove; fn(arg, inst) once it is gone and freed. */
+/* Stop and remove; fn(arg, NULL) once it is gone and freed. When the
+ * removal fails (docker), the instance stays listed as a leftover whose
+ * removal is retried with backoff, and fn(arg, inst) is called at the
+ * first failure (inst valid during the call). */
 void inst_stop(struct instance *inst, inst_gone_fn fn, void *arg);
 /* A candidate becomes the live instance (swap switch); no publish. */
 void svc_make_live(struct service *svc, struct instance *inst);

@@ -241,11 +241,20 @@ static void prune(struct swap_item *it)
 
 /* After the switch --------------------------------------------------------- */
 
+/* inst is gone, or (leftover) its removal failed and is being retried:
+ * the new image is live either way. */
 static void old_gone(void *arg, struct instance *inst)
 {
 	struct swap *w = arg;
 
-	(void)inst;
+	if (inst != NULL && inst->leftover) {
+		cJSON *ev = progress_new("leftover", NULL);
+
+		cJSON_AddStringToObject(ev, "service", inst->svc->name);
+		cJSON_AddStringToObject(ev, "id", inst->rt->id);
+		cJSON_AddStringToObject(ev, "error", inst->remove_error);
+		emit(w, ev);
+	}
 	if (--w->stops_pending > 0)
 		return;
 	emit(w, progress_new("done", NULL));

@@ -284,3 +284,138 @@ def test_registry_stalling_mid_blob_aborts_the_swap(pmd_factory, tmp_path, dk):
         assert res["ok"] is True, events
     finally:
         proxy.close()
+
+
+# -- an engine whose stop / delete / start fail on demand ------------------------
+
+class FaultyEngine:
+    """A unix socket in front of the real dockerd that relays every call,
+    except those `fail(method, path)` picks while faults are on: those get
+    a 500 {"message": "engine restarting (injected)"} and are never sent
+    to dockerd. Each request is looked at as it starts (curl sends a
+    request head in one piece; there is no pipelining)."""
+
+    def __init__(self, path, real):
+        self.path, self.real = path, real
+        self.fail = None
+        self.failed = []
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(path)
+        self.sock.listen(64)
+        self.stop = threading.Event()
+        self.conns = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        self.sock.settimeout(0.2)
+        while not self.stop.is_set():
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                continue
+            up = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            up.connect(self.real)
+            self.conns += [c, up]
+            threading.Thread(target=self._c2s, args=(c, up), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(up, c), daemon=True).start()
+
+    def _c2s(self, c, up):
+        try:
+            while True:
+                d = c.recv(65536)
+                if not d:
+                    break
+                words = d.split(b"\r\n", 1)[0].split(b" ")
+                fail = self.fail
+                if len(words) == 3 and words[2].startswith(b"HTTP/") and fail and \
+                        fail(words[0].decode(), words[1].decode()):
+                    self.failed.append(f"{words[0].decode()} {words[1].decode()}")
+                    body = b'{"message":"engine restarting (injected)"}'
+                    c.sendall(b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: "
+                              b"application/json\r\nConnection: close\r\nContent-Length: "
+                              b"%d\r\n\r\n%s" % (len(body), body))
+                    break
+                up.sendall(d)
+        except OSError:
+            pass
+        for s in (c, up):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    @staticmethod
+    def _pipe(a, b):
+        try:
+            while True:
+                d = a.recv(65536)
+                if not d:
+                    break
+                b.sendall(d)
+        except OSError:
+            pass
+        try:
+            b.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def close(self):
+        self.stop.set()
+        for c in self.conns:
+            try:
+                c.close()
+            except OSError:
+                pass
+        self.sock.close()
+
+
+def containers(name):
+    """States of the containers called `name` ([] when there is none)."""
+    out = docker("ps", "-a", "--filter", f"name=^{name}$", "--format", "{{.State}}").stdout
+    return out.split()
+
+
+def instances(p, svc, role):
+    return [i for i in p.service(svc)["instances"] if i["role"] == role]
+
+
+def test_failed_removals_are_retried_and_shown(pmd_factory, tmp_path, dk):
+    """stop/delete of the old instance answer 500 after the switch: the
+    swap is done (the new image serves), the old container is listed as
+    `leftover` with the error, and removed by the retries once the engine
+    answers again. A candidate whose start and removal fail does not stay
+    `Created`."""
+    eng = FaultyEngine(str(tmp_path / "docker.sock"), dk["PMD_TEST_DOCKER_SOCKET"])
+    try:
+        p = pmd_factory(dict(one("web", web_conf(dk)),
+                             pmd={"docker_socket": eng.path}))
+        p.wait_healthy("web", 60)
+        assert containers("pm-web-blue") == ["running"]
+        eng.fail = lambda m, path: (m == "DELETE" and "/containers/" in path) or \
+            (m == "POST" and "/stop?" in path)
+        code, res, events = swap(p, "web", dk["PMD_TEST_IMAGE_FRONTEND_V2"])
+        assert res["ok"] is True, events
+        assert any(e.get("event") == "leftover" for e in events), events
+        assert p.get("/index.html").status == 200
+        left = wait_for(lambda: instances(p, "web", "leftover"), 10, what="leftover listed")
+        assert left[0]["color"] == "blue" and "engine restarting" in left[0]["error"], left
+        assert containers("pm-web-blue") == ["running"]
+        assert any("/stop" in f for f in eng.failed), eng.failed
+        p.wait_log(r'msg="instance not removed, retrying" service=web color=blue')
+        eng.fail = None
+        wait_for(lambda: not instances(p, "web", "leftover"), 15, what="leftover removed")
+        wait_for(lambda: containers("pm-web-blue") == [], 10, what="old container gone")
+
+        # a candidate that cannot start, and whose removal fails too
+        eng.fail = lambda m, path: (m == "DELETE" and "/containers/" in path) or \
+            (m == "POST" and path.endswith("/start"))
+        code, res, events = swap(p, "web", dk["PMD_TEST_IMAGE_FRONTEND"])
+        assert res["ok"] is False and "engine restarting" in res["error"], res
+        p.wait_log(r'msg="instance not removed, retrying" service=web color=blue')
+        assert containers("pm-web-blue") == ["created"]
+        eng.fail = None
+        wait_for(lambda: containers("pm-web-blue") == [], 15, what="candidate removed")
+        wait_for(lambda: not instances(p, "web", "leftover"), 10, what="no leftover")
+        assert p.service("web")["image"] == dk["PMD_TEST_IMAGE_FRONTEND_V2"]
+    finally:
+        eng.close()
