@@ -14,7 +14,6 @@ import socket
 import socketserver
 import tarfile
 import threading
-import time
 import uuid
 
 import pytest
@@ -55,6 +54,14 @@ def web_conf(env, **over):
 
 def one(name, conf):
     return {f"service {name}": conf, "route all": {"prefix": "/", "service": name}}
+
+
+def close_all(socks):
+    for c in socks:
+        try:
+            c.close()
+        except OSError:
+            pass
 
 
 def swap(p, svc, image, timeout=60):
@@ -121,8 +128,7 @@ class FakeEngine:
 
     def close(self):
         self.stop.set()
-        for c in self.held:
-            c.close()
+        close_all(self.held)
         self.sock.close()
 
 
@@ -183,6 +189,7 @@ class StallingProxy:
         self.target = (host, int(port))
         self.stall_after = stall_after
         self.stalled = threading.Event()
+        self.done = threading.Event()
         self.conns = []
         proxy = self
 
@@ -226,20 +233,17 @@ class StallingProxy:
                     if sent + len(d) > self.stall_after:
                         client.sendall(d[:self.stall_after - sent])
                         self.stalled.set()
-                        while True:     # hold: nothing more is relayed
-                            time.sleep(0.2)
+                        self.done.wait()    # hold: nothing more is relayed
+                        return
                     sent += len(d)
                 client.sendall(d)
         except OSError:
             pass
 
     def close(self):
+        self.done.set()
         self.server.shutdown()
-        for c in self.conns:
-            try:
-                c.close()
-            except OSError:
-                pass
+        close_all(self.conns)
         self.server.server_close()
 
 
@@ -361,11 +365,7 @@ class FaultyEngine:
 
     def close(self):
         self.stop.set()
-        for c in self.conns:
-            try:
-                c.close()
-            except OSError:
-                pass
+        close_all(self.conns)
         self.sock.close()
 
 
