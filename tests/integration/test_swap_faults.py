@@ -18,7 +18,6 @@ import uuid
 
 import pytest
 
-import pmdtest
 from pmdtest import docker, wait_for
 
 @pytest.fixture
