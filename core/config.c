@@ -19,6 +19,8 @@
 #include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
 #include <ini.h>
 #include <inttypes.h>
 #include <netinet/in.h>
@@ -27,6 +29,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define MAX_FILE_BYTES (1u << 20)
@@ -435,7 +438,8 @@ static int format_parse(const char *s, int *out)
 
 _Static_assert(sizeof(enum tls_mode) == sizeof(int) && sizeof(enum runtime_kind) == sizeof(int) &&
 	       sizeof(enum net_mode) == sizeof(int) && sizeof(enum pull_policy) == sizeof(int) &&
-	       sizeof(enum restart_policy) == sizeof(int), "enum fields are stored as int");
+	       sizeof(enum restart_policy) == sizeof(int) && sizeof(enum static_fallback) == sizeof(int),
+	       "enum fields are stored as int");
 
 static const char *const level_names[] = { "debug", "info", "warn", "error", NULL };
 static const char *const format_names[] = { "logfmt", "json", NULL };
@@ -444,6 +448,7 @@ static const char *const runtime_names[] = { "docker", "exec", "external", NULL 
 static const char *const net_names[] = { "bridge", "host", NULL };
 static const char *const pull_names[] = { "always", "missing", NULL };
 static const char *const restart_names[] = { "always", "on-failure", "never", NULL };
+static const char *const fallback_names[] = { "none", "route", NULL };
 
 #define SECOND 1000
 #define DAY (86400 * 1000LL)
@@ -562,6 +567,9 @@ static const struct key keys[] = {
 
 	{ .sect = S_STATIC, .name = "path", .def = "", .off = ST(path), URLPATH_OPT },
 	{ .sect = S_STATIC, .name = "file", .def = "", .off = ST(file) },
+	{ .sect = S_STATIC, .name = "dir", .def = "", .off = ST(dir) },
+	{ .sect = S_STATIC, .name = "fallback", .type = T_ENUM, .def = "none", .off = ST(fallback),
+	  .choices = fallback_names },
 	{ .sect = S_STATIC, .name = "content_type", .def = "", .off = ST(content_type) }, /* "": by file extension */
 };
 #define N_KEYS (sizeof(keys) / sizeof(keys[0]))
@@ -1346,42 +1354,27 @@ static void check_route(struct ctx *x, struct sect *s)
 	}
 }
 
-static const char *content_type_of(const char *file)
-{
-	static const struct {
-		const char *ext, *type;
-	} types[] = {
-		{ ".js", "application/javascript" }, { ".mjs", "application/javascript" },
-		{ ".html", "text/html; charset=utf-8" }, { ".htm", "text/html; charset=utf-8" },
-		{ ".css", "text/css; charset=utf-8" }, { ".json", "application/json" },
-		{ ".txt", "text/plain; charset=utf-8" }, { ".svg", "image/svg+xml" },
-		{ ".png", "image/png" }, { ".ico", "image/x-icon" },
-	};
-	const char *dot = strrchr(file, '.');
-	if (dot && !strchr(dot, '/'))
-		for (size_t i = 0; i < sizeof(types) / sizeof(types[0]); i++)
-			if (strcasecmp(dot, types[i].ext) == 0)
-				return types[i].type;
-	return "application/octet-stream";
-}
-
 static void check_static(struct ctx *x, struct sect *s)
 {
 	struct pmd_config *c = x->cfg;
 	struct static_conf *st = &c->statics[s->index];
+	bool file = *st->file, dir = *st->dir;
+	st->src_line = key_line(s, file ? "file" : "dir");
 	if (!*st->path && !key_bad(s, "path"))
 		add_err(x, s->line, "[static %s]: missing path", st->name);
-	if (!*st->file)
-		add_err(x, s->line, "[static %s]: missing file", st->name);
-	if (!*st->content_type) {
-		char *t = strdup(content_type_of(st->file));
-		if (!t) {
-			x->oom = true;
-			return;
-		}
-		free(st->content_type);
-		st->content_type = t;
-	}
+	if (!file && !dir)
+		add_err(x, s->line, "[static %s]: missing file (one file) or dir (a folder)", st->name);
+	if (file && dir)
+		add_err(x, key_line(s, "dir"), "[static %s]: file and dir exclude each other: "
+			"one file at path, or one folder under it", st->name);
+	if (dir && *st->path && st->path[strlen(st->path) - 1] != '/')
+		add_err(x, key_line(s, "path"), "path: a folder is served under a prefix ending in /, "
+			"got \"%s\" (try \"%s/\")", st->path, st->path);
+	if (dir && *st->content_type)
+		add_err(x, key_line(s, "content_type"), "content_type: applies to file =; "
+			"the files of a folder are typed by extension");
+	if (!dir && st->fallback != STATIC_FALLBACK_NONE && !key_bad(s, "fallback"))
+		add_err(x, key_line(s, "fallback"), "fallback: applies to dir = (a file missing from the folder)");
 	for (size_t j = 0; j < s->index && *st->path; j++)
 		if (strcmp(c->statics[j].path, st->path) == 0)
 			add_err(x, key_line(s, "path"), "path: %s is also served by [static %s] (line %d)", st->path,
@@ -1599,6 +1592,49 @@ void config_free(struct pmd_config *c)
 	free(c->statics);
 	free(c->path);
 	free(c);
+}
+
+/* One [static]'s file or folder on disk; NULL when fine, else the problem
+ * in buf. */
+static const char *static_problem(const struct static_conf *st, char *buf, size_t len)
+{
+	const char *key = *st->file ? "file" : "dir", *path = *st->file ? st->file : st->dir;
+	struct stat sb;
+	int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+	if (fd < 0) {
+		snprintf(buf, len, "%s: cannot open %s: %s", key, path, strerror(errno));
+		return buf;
+	}
+	int r = fstat(fd, &sb);
+	close(fd);
+	if (r < 0)
+		snprintf(buf, len, "%s: cannot stat %s: %s", key, path, strerror(errno));
+	else if (*st->file && S_ISDIR(sb.st_mode))
+		snprintf(buf, len, "file: %s is a folder (serve a folder with dir =)", path);
+	else if (*st->file && !S_ISREG(sb.st_mode))
+		snprintf(buf, len, "file: %s is not a regular file", path);
+	else if (*st->dir && !S_ISDIR(sb.st_mode))
+		snprintf(buf, len, "dir: %s is not a folder (serve one file with file =)", path);
+	else if (*st->dir && access(path, X_OK) < 0)
+		snprintf(buf, len, "dir: cannot search %s: %s", path, strerror(errno));
+	else
+		return NULL;
+	return buf;
+}
+
+int config_check_files(const struct pmd_config *c, struct strlist *errs)
+{
+	int rc = 0;
+	for (size_t i = 0; i < c->n_statics; i++) {
+		char msg[PATH_MAX + 128], line[PATH_MAX + 512];
+		const struct static_conf *st = &c->statics[i];
+		if (!static_problem(st, msg, sizeof(msg)))
+			continue;
+		snprintf(line, sizeof(line), "%s:%d: [static %s] %s", c->path, st->src_line, st->name, msg);
+		strlist_push(errs, line);
+		rc = -1;
+	}
+	return rc;
 }
 
 const struct svc_conf *config_service(const struct pmd_config *c, const char *name)

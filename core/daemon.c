@@ -3,6 +3,7 @@
 
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <event2/event.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -35,15 +36,10 @@ static int route_cmp(const void *a, const void *b)
 	return (y->host != NULL) - (x->host != NULL);
 }
 
-static void http_date(time_t t, char *buf, size_t len)
-{
-	struct tm tm;
-	gmtime_r(&t, &tm);
-	strftime(buf, len, "%a, %d %b %Y %H:%M:%S GMT", &tm);
-}
-
-/* Read every [static] file into the snapshot. A file that cannot be read is
- * logged and left out (requests for it then follow the routes). */
+/* Every [static] into the snapshot; a folder is opened here (O_PATH), the
+ * workers resolve files beneath it. A folder that cannot be opened (gone
+ * since the config was checked) is logged and left out: requests for it
+ * then follow the routes. -1 only when out of memory. */
 static int fill_statics(const struct pmd_config *cfg, struct snapshot *s)
 {
 	if (cfg->n_statics == 0)
@@ -54,26 +50,21 @@ static int fill_statics(const struct pmd_config *cfg, struct snapshot *s)
 	for (size_t i = 0; i < cfg->n_statics; i++) {
 		const struct static_conf *sc = &cfg->statics[i];
 		struct snap_static *st = &s->statics[s->n_statics];
-		char *err = NULL;
-		size_t len = 0;
-		char *body = fs_read_file(sc->file, 8u << 20, &len, &err);
-		if (!body) {
-			log_warn("static file unreadable, not served static=%s file=%s error=%s",
-				sc->name, log_q(sc->file), log_q(err));
-			free(err);
+		int dirfd = -1;
+		if (*sc->dir && (dirfd = open(sc->dir, O_PATH | O_DIRECTORY | O_CLOEXEC)) < 0) {
+			log_warn("static folder cannot be opened, not served static=%s dir=%s error=%s",
+				sc->name, log_q(sc->dir), log_q(strerror(errno)));
 			continue;
 		}
-		struct stat sb;
-		time_t mtime = stat(sc->file, &sb) == 0 ? sb.st_mtime : time(NULL);
+		st->dirfd = dirfd;
+		st->name = strdup(sc->name);
 		st->path = strdup(sc->path);
-		st->content_type = strdup(sc->content_type);
-		st->body = body;
-		st->body_len = len;
-		/* weak validator from size and mtime, like nginx */
-		snprintf(st->etag, sizeof(st->etag), "\"%lx-%zx\"", (unsigned long)mtime, len);
-		http_date(mtime, st->last_modified, sizeof(st->last_modified));
+		st->path_len = strlen(sc->path);
+		st->file = xstrdup_or_null(sc->file);
+		st->content_type = xstrdup_or_null(sc->content_type);
+		st->fallback = sc->fallback == STATIC_FALLBACK_ROUTE;
 		s->n_statics++;
-		if (!st->path || !st->content_type)
+		if (!st->name || !st->path || (*sc->file && !st->file) || (*sc->content_type && !st->content_type))
 			return -1;
 	}
 	return 0;
@@ -187,7 +178,7 @@ int pmd_reload(struct pmd *d, char **errp)
 	struct pmd_config *ncfg = NULL;
 	struct strlist errs = { 0 };
 	int rc = -1;
-	if (config_load(d->cfg->path, &ncfg, &errs) < 0) {
+	if (config_load(d->cfg->path, &ncfg, &errs) < 0 || config_check_files(ncfg, &errs) < 0) {
 		*errp = join_lines(&errs);
 		log_error("reload refused, keeping the running configuration errors=%zu", errs.n);
 		for (size_t i = 0; i < errs.n; i++)

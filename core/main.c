@@ -51,7 +51,8 @@ static struct pmd_config *load(const char *path)
 {
 	struct pmd_config *cfg = NULL;
 	struct strlist errs = { 0 };
-	if (config_load(path, &cfg, &errs) < 0) {
+	if (config_load(path, &cfg, &errs) < 0 || config_check_files(cfg, &errs) < 0) {
+		config_free(cfg);
 		for (size_t i = 0; i < errs.n; i++)
 			fprintf(stderr, "%s\n", errs.v[i]);
 		if (errs.n == 0)

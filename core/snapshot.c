@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 static pthread_mutex_t cur_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct snapshot *cur;
@@ -134,9 +135,13 @@ static void snapshot_destroy(struct snapshot *s)
 	}
 	free(s->services);
 	for (size_t i = 0; i < s->n_statics; i++) {
-		free(s->statics[i].path);
-		free(s->statics[i].content_type);
-		free(s->statics[i].body);
+		struct snap_static *st = &s->statics[i];
+		free(st->name);
+		free(st->path);
+		free(st->file);
+		free(st->content_type);
+		if (st->dirfd >= 0)
+			close(st->dirfd);
 	}
 	free(s->statics);
 	for (size_t i = 0; i < s->n_challenges; i++) {
@@ -241,12 +246,18 @@ const struct snap_route *snapshot_route(const struct snapshot *s,
 const struct snap_static *snapshot_static(const struct snapshot *s,
 	const char *path, size_t path_len)
 {
+	const struct snap_static *best = NULL;
 	for (size_t i = 0; i < s->n_statics; i++) {
 		const struct snap_static *st = &s->statics[i];
-		if (strlen(st->path) == path_len && memcmp(st->path, path, path_len) == 0)
-			return st;
+		if (st->file) {
+			if (st->path_len == path_len && memcmp(st->path, path, path_len) == 0)
+				return st;
+		} else if (st->path_len <= path_len && memcmp(st->path, path, st->path_len) == 0 &&
+			   (!best || st->path_len > best->path_len)) {
+			best = st;
+		}
 	}
-	return NULL;
+	return best;
 }
 
 const struct snap_challenge *snapshot_challenge(const struct snapshot *s,

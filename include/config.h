@@ -72,13 +72,20 @@ struct route_conf {
 	int svc_index;          /* index into pmd_config.services */
 };
 
+/* [static NAME]: `file` at the exact `path`, or folder `dir` under the
+ * prefix `path` (ends in '/'); one of file and dir is set. */
 struct static_conf {
 	char *name;
 	int line;
-	char *path;             /* exact request path */
-	char *file;
-	char *content_type;
+	char *path;
+	char *file;             /* "" = a folder */
+	char *dir;              /* "" = a file */
+	int fallback;           /* enum static_fallback (dir only) */
+	char *content_type;     /* file only; "" = by extension */
+	int src_line;           /* line of the file or dir key (config_check_files) */
 };
+
+enum static_fallback { STATIC_FALLBACK_NONE, STATIC_FALLBACK_ROUTE };
 
 struct pmd_config {
 	char *path;             /* file it was read from */
@@ -127,6 +134,12 @@ int config_load(const char *path, struct pmd_config **out, struct strlist *errs)
  * (tests, fuzzing). */
 int config_load_string(const char *name, const char *text, struct pmd_config **out, struct strlist *errs);
 void config_free(struct pmd_config *c);
+/* What config_load cannot see from the text: every [static] file is an
+ * openable regular file and every folder an openable, searchable folder
+ * (relative paths against the current directory, as pmd run opens them).
+ * Returns 0, or -1 with one "FILE:LINE: message" per problem appended to
+ * errs. `pmd check`, `pmd run` and reloads call it after config_load. */
+int config_check_files(const struct pmd_config *c, struct strlist *errs);
 /* The key table, one "SECTION<TAB>KEY<TAB>DEFAULT" line per key (section
  * without NAME: service, route, static; DEFAULT empty when there is none),
  * so tests can hold pmd.ini(5) against it (`pmd keys`). */

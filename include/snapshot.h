@@ -53,13 +53,16 @@ struct snap_route {
 	int service;             /* index into services */
 };
 
+/* [static NAME]: one file at an exact path, or a folder under a prefix.
+ * Served by proxy/static.c. */
 struct snap_static {
-	char *path;
-	char *content_type;
-	char *body;              /* whole file, read when the snapshot was built */
-	size_t body_len;
-	char etag[40];
-	char last_modified[40];  /* IMF-fixdate */
+	char *name;
+	char *path;              /* file: the exact path; folder: a prefix ending in '/' */
+	size_t path_len;
+	char *file;              /* file: absolute path, opened by the workers; folder: NULL */
+	int dirfd;               /* folder: O_PATH fd of it (closed with the snapshot); else -1 */
+	bool fallback;           /* folder: a missing file goes on to the routes */
+	char *content_type;      /* file: its Content-Type; folder: NULL (by extension) */
 };
 
 struct snap_challenge {
@@ -123,7 +126,8 @@ int snapshot_add_listener(snapshot_listener_fn fn, void *arg);
  * equals `host` (case-insensitive, port ignored). Returns the route or NULL. */
 const struct snap_route *snapshot_route(const struct snapshot *s,
 	const char *host, size_t host_len, const char *path, size_t path_len);
-/* Exact path match, or NULL. */
+/* The [static] answering `path`: a file whose path equals it, else the
+ * folder with the longest prefix of it, or NULL. */
 const struct snap_static *snapshot_static(const struct snapshot *s,
 	const char *path, size_t path_len);
 const struct snap_challenge *snapshot_challenge(const struct snapshot *s,

@@ -10,6 +10,8 @@
  *             after hold_timeout
  *   CS_PROXY  forwarded: request body streams client -> upstream, response
  *             head parsed, body streams upstream -> client
+ *   CS_FILE   a [static] file body is being queued (file_pump), a piece per
+ *             write turn; idle_timeout without progress
  *   CS_TUNNEL after a 101: bytes both ways until a side closes
  *   CS_LINGER answer written; half-close, discard input, then free
  *
@@ -59,10 +61,12 @@
 #define RES_MAX_HEAD (64 * 1024)       /* upstream response heads */
 #define FRAMING_WINDOW 16384           /* chunk framing is looked at in this window */
 #define LINGER_MS 2000                 /* wait for the client's FIN after our last byte */
+#define FILE_SEGMENT (1024 * 1024)     /* sendfile: bytes queued per file segment */
+#define FILE_READ (64 * 1024)          /* TLS: bytes per pread of a file body */
 #define POOL_MAX_IDLE 256              /* idle upstreams per backend per worker */
 #define ACME_PREFIX "/.well-known/acme-challenge/"
 
-enum cstate { CS_HEAD, CS_HELD, CS_PROXY, CS_TUNNEL, CS_LINGER, CS_H2 };
+enum cstate { CS_HEAD, CS_HELD, CS_PROXY, CS_FILE, CS_TUNNEL, CS_LINGER, CS_H2 };
 enum tkind { T_NONE, T_HEADER, T_IDLE, T_HOLD, T_CONNECT, T_RESPONSE, T_ACTIVITY, T_LINGER };
 
 struct upstream {
@@ -104,6 +108,7 @@ struct conn {
 	uint64_t armed_ms;             /* when the timer event fires, 0 = not armed */
 	uint64_t bytes_in, bytes_out;
 	struct body rq, rs;
+	struct static_body fbody;      /* CS_FILE: the rest of the file to queue */
 	char method[16];
 	char rid[40];
 	char target[128];
@@ -591,6 +596,7 @@ static void conn_linger(struct conn *c)
 	if (c->req_active)
 		conn_finish_request(c);
 	held_unlink(c);
+	static_body_release(&c->fbody);
 	if (c->up) {
 		upstream_free(c->up);
 		c->up = NULL;
@@ -661,10 +667,10 @@ static void conn_next(struct conn *c)
 		conn_try_head(c);
 }
 
-/* Answer the current request from pmd itself. `extra` are complete header
- * lines; body may be NULL. HEAD gets the headers only. */
-static void conn_local(struct conn *c, int status, const char *extra, const char *ctype,
-	const char *body, size_t blen, bool close)
+/* The head of an answer from pmd itself, with Content-Length blen (none on
+ * a 304). `extra` are complete header lines. The body, if any, follows. */
+static void conn_head(struct conn *c, int status, const char *extra, const char *ctype,
+	uint64_t blen, bool close)
 {
 	const struct proxy_settings *ps = worker_settings(c->w);
 	struct evbuffer *out = io_out(&c->io);
@@ -673,9 +679,9 @@ static void conn_local(struct conn *c, int status, const char *extra, const char
 	if (!c->keep_alive)
 		close = true;
 	c->close_after = c->close_after || close;
-	char head[1024], clen[48] = "";
+	char head[1536], clen[48] = "";
 	if (status != 304)
-		snprintf(clen, sizeof(clen), "Content-Length: %zu\r\n", blen);
+		snprintf(clen, sizeof(clen), "Content-Length: %" PRIu64 "\r\n", blen);
 	int n = snprintf(head, sizeof(head),
 		"HTTP/1.1 %d %s\r\nContent-Type: %s\r\n%s%s%s%s%s%s\r\n",
 		status, http_reason(status), ctype ? ctype : "text/plain; charset=utf-8", clen,
@@ -688,14 +694,22 @@ static void conn_local(struct conn *c, int status, const char *extra, const char
 		n = snprintf(head, sizeof(head), "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
 	evbuffer_add(out, head, (size_t)n);
 	c->bytes_out += (uint64_t)n;
-	if (body && blen && !c->is_head) {
-		evbuffer_add(out, body, blen);
-		c->bytes_out += blen;
-	}
 	c->status = status;
 	if (c->up) {
 		upstream_free(c->up);
 		c->up = NULL;
+	}
+}
+
+/* Answer the current request from pmd itself. `extra` are complete header
+ * lines; body may be NULL. HEAD gets the headers only. */
+static void conn_local(struct conn *c, int status, const char *extra, const char *ctype,
+	const char *body, size_t blen, bool close)
+{
+	conn_head(c, status, extra, ctype, blen, close);
+	if (body && blen && !c->is_head) {
+		evbuffer_add(io_out(&c->io), body, blen);
+		c->bytes_out += blen;
 	}
 	conn_next(c);
 }
@@ -1115,24 +1129,55 @@ static void conn_redirect(struct conn *c, const struct http_request *req)
 	free(loc);
 }
 
-static void conn_static(struct conn *c, const struct http_request *req, const struct snap_static *st)
+/* Queue the next piece of a file body: file segments (sendfile) on plain
+ * sockets, bounded reads on TLS, up to HIGH_WATER in the output; the
+ * client's write callback (LOW_WATER) asks for more. The request ends
+ * once the last byte is queued. */
+static void file_pump(struct conn *c)
 {
-	if (!(req->method_len == 3 && memcmp(req->method, "GET", 3) == 0) && !c->is_head) {
-		static const char body[] = "405 Method Not Allowed: static file, use GET or HEAD\n";
-		conn_local(c, 405, "Allow: GET, HEAD\r\n", NULL, body, sizeof(body) - 1, false);
-		return;
+	struct evbuffer *out = io_out(&c->io);
+	size_t have = evbuffer_get_length(out);
+	while (c->fbody.left && have < HIGH_WATER) {
+		int64_t n = c->io.sendfile ? static_body_segment(&c->fbody, out, FILE_SEGMENT)
+			: static_body_read(&c->fbody, out, FILE_READ);
+		if (n <= 0) {
+			log_warn("static file read failed request_id=%s error=%s", c->rid, log_q(strerror(errno)));
+			conn_linger(c);      /* short of Content-Length: the client can tell */
+			return;
+		}
+		c->bytes_out += (uint64_t)n;
+		have += (size_t)n;
 	}
-	char extra[256];
-	snprintf(extra, sizeof(extra), "ETag: %s\r\nLast-Modified: %s\r\nCache-Control: no-cache\r\n",
-		st->etag, st->last_modified);
-	const struct http_header *inm = http_find_header(req->headers, req->n_headers, "if-none-match");
-	size_t el = strlen(st->etag);
-	if (inm && ((inm->value_len == 1 && inm->value[0] == '*') ||
-		    (el && memmem(inm->value, inm->value_len, st->etag, el)))) {
-		conn_local(c, 304, extra, st->content_type, NULL, 0, false);
-		return;
+	c->last_ms = worker_now_ms(c->w);
+	if (c->fbody.left == 0) {
+		static_body_release(&c->fbody);
+		conn_next(c);
 	}
-	conn_local(c, 200, extra, st->content_type, st->body, st->body_len, false);
+}
+
+/* [static] st answers req, or (0) a folder with fallback = route has no
+ * such file and the request goes on to the routes. */
+static bool conn_static(struct conn *c, const struct http_request *req, const struct snap_static *st)
+{
+	struct static_req rq = { req->method, req->method_len, req->path, req->path_len,
+		req->headers, req->n_headers };
+	struct static_reply r;
+	char extra[STATIC_MAX_HDRS * 100];
+	if (!static_serve(c->w->sc, c->w->snap, st, &rq, &r))
+		return false;
+	if (static_reply_lines(&r, extra, sizeof(extra)) < 0)
+		extra[0] = '\0';        /* cannot happen: the values are bounded */
+	if (!r.body.f) {             /* HEAD, 304, errors, empty files */
+		conn_local(c, r.status, extra, r.content_type, r.text, (size_t)r.length, false);
+		return true;
+	}
+	conn_head(c, r.status, extra, r.content_type, r.length, false);
+	c->fbody = r.body;
+	c->state = CS_FILE;
+	io_sendfile(&c->io);
+	timer_activity(c, worker_settings(c->w)->idle_timeout_ms);
+	file_pump(c);
+	return true;
 }
 
 /* [proxy] lb_health_path, asked by a load balancer in front of several
@@ -1233,11 +1278,10 @@ static void conn_request(struct conn *c, const struct http_request *req)
 		return;
 	}
 	const struct snap_static *st = snapshot_static(s, req->path, req->path_len);
-	if (st) {
-		conn_static(c, req, st);
-		return;
-	}
 	const struct snap_route *rt = snapshot_route(s, req->host, req->host_len, req->path, req->path_len);
+	/* a folder yields to a route with a longer prefix */
+	if (st && (st->file || !rt || rt->prefix_len <= st->path_len) && conn_static(c, req, st))
+		return;
 	if (!rt || rt->service < 0 || (size_t)rt->service >= s->n_services) {
 		static const char body[] = "404 Not Found: no route for this host and path\n";
 		conn_local(c, 404, NULL, NULL, body, sizeof(body) - 1, false);
@@ -1626,7 +1670,8 @@ static void client_read(struct io *io, void *arg)
 		break;
 	case CS_HELD:
 	case CS_H2:
-		break;
+	case CS_FILE:
+		break;               /* pipelined bytes wait their turn */
 	}
 }
 
@@ -1642,6 +1687,10 @@ static void client_write(struct io *io, void *arg)
 			return;
 		}
 		io_shutdown_wr(io);
+		return;
+	}
+	if (c->state == CS_FILE) {
+		file_pump(c);
 		return;
 	}
 	if (c->up_paused && c->up && evbuffer_get_length(out) <= LOW_WATER) {
@@ -1913,6 +1962,7 @@ static void conn_free(struct conn *c)
 	}
 	conn_finish_request(c);
 	held_unlink(c);
+	static_body_release(&c->fbody);
 	if (c->up)
 		upstream_free(c->up);
 	if (c->prev)

@@ -158,6 +158,14 @@ static int io_write_out(struct io *io, bool callbacks)
 		return 0;
 	}
 	int n = io->ssl ? tls_write(io) : evbuffer_write(io->out, io->fd);
+	if (n > 0 && io->sendfile && evbuffer_get_length(io->out)) {
+		int m = evbuffer_write(io->out, io->fd);   /* the file segment after a head */
+		n = m > 0 ? n + m : n;
+	}
+	if (n == 0 && len) {         /* sendfile at the end of a file that shrank */
+		n = -1;
+		errno = EIO;
+	}
 	if (n < 0 && errno != EAGAIN && errno != EINTR) {
 		wr_arm(io, false);
 		if (callbacks && io->eventcb) {
@@ -561,6 +569,16 @@ void io_set_read_high(struct io *io, size_t high)
 void io_set_write_low(struct io *io, size_t low)
 {
 	io->wr_low = low;
+}
+
+bool io_sendfile(struct io *io)
+{
+	if (io->ssl || io->h2s)
+		return false;
+	if (!io->sendfile)
+		evbuffer_set_flags(io->out, EVBUFFER_FLAG_DRAINS_TO_FD);
+	io->sendfile = true;
+	return true;
 }
 
 void io_keep_buffers(struct io *io, bool keep)

@@ -497,7 +497,8 @@ static int worker_setup(struct worker *w, char **errp)
 	    !(w->ev_tick = event_new(w->base, -1, EV_PERSIST, on_tick, w)) ||
 	    !(w->ev_log = evtimer_new(w->base, on_log_timer, w)) ||
 	    !(w->logbuf = malloc(LOGBUF_SIZE)) ||
-	    !(w->rs = calloc(RSLOTS, sizeof(*w->rs)))) {
+	    !(w->rs = calloc(RSLOTS, sizeof(*w->rs))) ||
+	    !(w->sc = static_cache_new())) {
 		*errp = xasprintf("proxy worker %d: cannot create its event loop", w->idx);
 		return -1;
 	}
@@ -643,6 +644,7 @@ static void worker_free(struct worker *w)
 	free(w->logbuf);
 	free(w->rs);
 	free(w->route_slot);
+	static_cache_free(w->sc);
 	snapshot_release(w->snap);
 }
 

@@ -18,6 +18,7 @@
 #include "http.h"
 #include "proxy.h"
 #include "snapshot.h"
+#include "static.h"
 
 /* Per-worker counters: written by the worker only (relaxed load + store, no
  * locked instruction on the hot path), read by proxy_get_stats. */
@@ -85,6 +86,7 @@ struct io {
 	bool hs_done, tls_failed;        /* TLS: handshake done; no clean close_notify */
 	bool rd_wants_wr, wr_wants_rd;   /* TLS: the other direction is needed */
 	bool rd_again;                   /* TLS: read more (or report the end) next turn */
+	bool sendfile;                   /* plain: the output may hold file segments */
 	short pend_end;                  /* TLS: EOF/ERROR seen behind data, not reported yet */
 	struct io *dnext, *dprev;        /* worker->dirty */
 	struct h2stream *h2s;            /* memory io of an HTTP/2 stream, else NULL */
@@ -126,6 +128,11 @@ void io_shutdown_wr(struct io *io);
  * holds them while requests follow each other (no malloc/free per
  * record), !keep gives them back now and from then on. */
 void io_keep_buffers(struct io *io, bool keep);
+/* Plain sockets: file segments added to the output from now on go out
+ * with sendfile(2) (the buffer drains to the fd), and a write that stops at
+ * one (writev does) goes on with it in the same turn. false on TLS and
+ * on HTTP/2 streams (memory ios): read the file into the output instead. */
+bool io_sendfile(struct io *io);
 /* Try to write what is queued now (no callbacks). */
 void io_flush_now(struct io *io);
 /* Make the coming io_close reset the connection (RST, SO_LINGER 0) after
@@ -181,6 +188,7 @@ struct worker {
 	char ts_text[24];
 	struct { uint64_t ms; const struct timeval *tv; } tcache[16];
 	int n_tcache;
+	struct static_cache *sc;         /* open [static] files (proxy/static.c) */
 	struct http_request req;         /* scratch: the request being parsed */
 	struct http_response res;        /* scratch: the response being parsed */
 };

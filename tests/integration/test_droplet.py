@@ -408,11 +408,44 @@ def test_every_environment_is_shipped():
     assert {"pmd.ini", "uat.ini", "dev.ini", "demo.ini"} <= names
 
 
+STATIC_KEY = re.compile(r"^(file|dir) = (/\S+)")
+
+
+def mirror_static_paths(text, root):
+    """text with every absolute [static] file or dir moved under root, where
+    an empty file or folder is made (the droplet's do not exist here)."""
+    out = []
+    for line in text.splitlines():
+        m = STATIC_KEY.match(line)
+        if m:
+            target = root / m.group(2).lstrip("/")
+            if m.group(1) == "dir":
+                target.mkdir(parents=True, exist_ok=True)
+            else:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_text("")
+            line = f"{m.group(1)} = {target}"
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
 @pytest.mark.parametrize("path", SHIPPED, ids=os.path.basename)
 def test_shipped_config_passes_check(path, tmp_path):
-    # run from an empty folder: relative paths (demo.ini) must not matter
-    r = pmdtest.pmd_check(path, cwd=tmp_path)
+    text = open(path).read()
+    # [static] files and folders must exist; relative ones (demo.ini) are
+    # the repository's, as `make demo` runs it from there
+    good = tmp_path / ("ok-" + os.path.basename(path))
+    good.write_text(mirror_static_paths(text, tmp_path / "root"))
+    r = pmdtest.pmd_check(good, cwd=REPO)
     assert (r.returncode, r.stdout, r.stderr) == (0, "configuration ok\n", "")
+    # where they are missing, check names each one with FILE:LINE
+    missing = [(i + 1, m.group(2)) for i, line in enumerate(text.splitlines())
+               if (m := STATIC_KEY.match(line)) and not os.path.exists(m.group(2))]
+    if missing:
+        r = pmdtest.pmd_check(path, cwd=REPO)
+        assert r.returncode == 1 and r.stdout == "", r
+        for line, target in missing:
+            assert f"{path}:{line}: " in r.stderr and f"cannot open {target}: No such file" in r.stderr, r.stderr
     # check is not a rubber stamp: one bad key in a copy is reported
     bad = tmp_path / os.path.basename(path)
     text = open(path).read()
@@ -434,6 +467,13 @@ def test_environment_specifics():
         assert re.search(rf"^domains = {re.escape(domain)}\b", t, re.M), name
         assert f"/backend:{tag}" in t and f"/frontend:{tag}" in t, name
         assert "[static env-config]" in t and "path = /env-config.js" in t, name
+    # Django's static files from the volume the backend writes them to
+    for name in ("pmd.ini", "uat.ini", "dev.ini"):
+        t = read(name)
+        assert re.search(r"^volumes = static_data:/app/static$", t, re.M), name
+        assert re.search(r"^\[static django\]\npath = /static/\n"
+                         r"dir = /var/lib/docker/volumes/static_data/_data\nfallback = route$", t, re.M), name
+        assert "[route static]" not in t, name
     dev = read("dev.ini")
     assert "domains = dev.meatscentral.com" in dev
     assert re.search(r"^env = DATABASE_URL=sqlite:////app/data/db.sqlite3$", dev, re.M)
@@ -462,9 +502,9 @@ def test_cloud_init_contents(tmp_path):
     assert "systemctl enable --now docker" in cmds
     assert cmds[-1] == "systemctl enable --now pmd"
     assert any("make install" in c for c in cmds)
-    # the config it writes passes `pmd check`
+    # the config it writes passes `pmd check` (its [static] paths made here)
     ini = tmp_path / "pmd.ini"
-    ini.write_text(files["/etc/pmd/pmd.ini"]["content"])
+    ini.write_text(mirror_static_paths(files["/etc/pmd/pmd.ini"]["content"], tmp_path / "root"))
     r = pmdtest.pmd_check(ini)
     assert r.returncode == 0, r.stderr
     assert files["/opt/pm/backend/.env"]["permissions"] == "0600"

@@ -441,7 +441,7 @@ static void check_spec_config(struct pmd_config *c)
 	assert_string_equal(c->statics[0].name, "env-config");
 	assert_string_equal(c->statics[0].path, "/env-config.js");
 	assert_string_equal(c->statics[0].file, "/opt/pm/frontend/env-config.js");
-	assert_string_equal(c->statics[0].content_type, "application/javascript");
+	assert_string_equal(c->statics[0].content_type, "");   /* by extension when served */
 	assert_string_equal(c->statics[1].content_type, "text/plain");
 }
 
@@ -487,25 +487,80 @@ static void test_load_file(void **state)
 	strlist_free(&errs);
 }
 
-static void test_static_content_types(void **state)
+/* [static]: one file or one folder, and what each excludes. */
+static void test_static_sections(void **state)
 {
 	(void)state;
 	struct pmd_config *c = expect_ok(NO_TLS
 					 "[static a]\npath = /a\nfile = /x/app.JS\n"
-					 "[static b]\npath = /b\nfile = /x/index.html\n"
-					 "[static c]\npath = /c\nfile = /x/site.css\n"
-					 "[static d]\npath = /d\nfile = /x/data.json\n"
-					 "[static e]\npath = /e\nfile = /x.d/blob\n"
-					 "[static f]\npath = /f\nfile = /x/blob.bin\n");
-	assert_int_equal(c->n_statics, 6);
+					 "[static b]\npath = /static/\ndir = /srv/static\nfallback = route\n"
+					 "[static c]\npath = /media/\ndir = /srv/media\n");
+	assert_int_equal(c->n_statics, 3);
 	assert_int_equal(c->n_services, 0); /* a proxy with statics only is fine */
-	assert_string_equal(c->statics[0].content_type, "application/javascript");
-	assert_string_equal(c->statics[1].content_type, "text/html; charset=utf-8");
-	assert_string_equal(c->statics[2].content_type, "text/css; charset=utf-8");
-	assert_string_equal(c->statics[3].content_type, "application/json");
-	assert_string_equal(c->statics[4].content_type, "application/octet-stream");
-	assert_string_equal(c->statics[5].content_type, "application/octet-stream");
+	assert_string_equal(c->statics[0].content_type, "");   /* by extension, when served */
+	assert_string_equal(c->statics[0].dir, "");
+	assert_int_equal(c->statics[0].src_line, 5);
+	assert_string_equal(c->statics[1].dir, "/srv/static");
+	assert_string_equal(c->statics[1].file, "");
+	assert_int_equal(c->statics[1].fallback, STATIC_FALLBACK_ROUTE);
+	assert_int_equal(c->statics[1].src_line, 8);
+	assert_int_equal(c->statics[2].fallback, STATIC_FALLBACK_NONE);
 	config_free(c);
+
+	expect_errors(NO_TLS "[static a]\npath = /a\n",
+		      "pmd.ini:3: [static a]: missing file (one file) or dir (a folder)");
+	expect_errors(NO_TLS "[static a]\npath = /a/\nfile = /x\ndir = /y\n",
+		      "pmd.ini:6: [static a]: file and dir exclude each other: one file at path, or one folder under it");
+	expect_errors(NO_TLS "[static a]\npath = /static\ndir = /y\n",
+		      "pmd.ini:4: path: a folder is served under a prefix ending in /, got \"/static\" (try \"/static/\")");
+	expect_errors(NO_TLS "[static a]\npath = /s/\ndir = /y\ncontent_type = text/css\n",
+		      "pmd.ini:6: content_type: applies to file =; the files of a folder are typed by extension");
+	expect_errors(NO_TLS "[static a]\npath = /a\nfile = /y\nfallback = route\n",
+		      "pmd.ini:6: fallback: applies to dir = (a file missing from the folder)");
+	expect_errors(NO_TLS "[static a]\npath = /s/\ndir = /y\nfallback = frontend\n",
+		      "pmd.ini:6: fallback: expected none or route, got \"frontend\"");
+}
+
+/* config_check_files: what is on disk, with the line of file or dir. */
+static void test_static_files_on_disk(void **state)
+{
+	(void)state;
+	char dir[] = "/tmp/pmd-test-static-XXXXXX", file[64], text[1024];
+	assert_non_null(mkdtemp(dir));
+	snprintf(file, sizeof(file), "%s/env.js", dir);
+	FILE *f = fopen(file, "w");
+	assert_non_null(f);
+	fputs("window.ENV = {};\n", f);
+	fclose(f);
+
+	struct pmd_config *c;
+	struct strlist errs = { 0 };
+	snprintf(text, sizeof(text), NO_TLS "[static f]\npath = /env.js\nfile = %s\n"
+		 "[static d]\npath = /s/\ndir = %s\n", file, dir);
+	c = expect_ok(text);
+	assert_int_equal(config_check_files(c, &errs), 0);
+	assert_int_equal(errs.n, 0);
+	config_free(c);
+
+	snprintf(text, sizeof(text), NO_TLS "[static f]\npath = /x\nfile = %s/missing.js\n"
+		 "[static g]\npath = /y\n\nfile = %s\n"
+		 "[static d]\npath = /s/\ndir = %s\n"
+		 "[static e]\npath = /t/\ndir = %s/nope\n", dir, dir, file, dir);
+	c = expect_ok(text);
+	assert_int_equal(config_check_files(c, &errs), -1);
+	assert_int_equal(errs.n, 4);
+	char want[4][256];
+	snprintf(want[0], sizeof(want[0]), "pmd.ini:5: [static f] file: cannot open %s/missing.js: "
+		 "No such file or directory", dir);
+	snprintf(want[1], sizeof(want[1]), "pmd.ini:9: [static g] file: %s is a folder (serve a folder with dir =)", dir);
+	snprintf(want[2], sizeof(want[2]), "pmd.ini:12: [static d] dir: %s is not a folder (serve one file with file =)", file);
+	snprintf(want[3], sizeof(want[3]), "pmd.ini:15: [static e] dir: cannot open %s/nope: No such file or directory", dir);
+	for (int i = 0; i < 4; i++)
+		assert_string_equal(errs.v[i], want[i]);
+	strlist_free(&errs);
+	config_free(c);
+	unlink(file);
+	rmdir(dir);
 }
 
 static void test_values(void **state)
@@ -656,7 +711,7 @@ static void test_missing_required(void **state)
 		      "pmd.ini:14: [route r]: missing prefix\n"
 		      "pmd.ini:14: [route r]: missing service\n"
 		      "pmd.ini:15: [static s]: missing path\n"
-		      "pmd.ini:15: [static s]: missing file");
+		      "pmd.ini:15: [static s]: missing file (one file) or dir (a folder)");
 }
 
 static void test_cross_section(void **state)
@@ -832,7 +887,8 @@ int main(void)
 		cmocka_unit_test(test_defaults),
 		cmocka_unit_test(test_spec_config),
 		cmocka_unit_test(test_load_file),
-		cmocka_unit_test(test_static_content_types),
+		cmocka_unit_test(test_static_sections),
+		cmocka_unit_test(test_static_files_on_disk),
 		cmocka_unit_test(test_values),
 		cmocka_unit_test(test_file_level_errors),
 		cmocka_unit_test(test_key_errors),
