@@ -15,6 +15,7 @@ import http.client
 import os
 import socket
 import ssl
+import subprocess
 
 import pmdtest
 
@@ -325,6 +326,34 @@ def test_tls_bodies_and_pipelining(pmd_factory, tmp_path):
     assert resp.count(b"HTTP/1.1 200 OK") == 3
     parts = resp.split(b"\r\n\r\n")
     assert parts[1].startswith(BIG) and parts[2].startswith(b"<svg/>") and parts[3] == BIG
+
+
+def test_http2_streams(pmd_factory, tmp_path):
+    """The same answers over HTTP/2 (curl --http2): a stream is a request
+    conn on a memory io, so the body is read in bounded pieces."""
+    root = make_tree(tmp_path)
+    port = pmdtest.free_port()
+    pmd_factory({"proxy": {"https_listen": f"127.0.0.1:{port}", "redirect_https": False},
+                 "tls": {"mode": "self-signed"},
+                 "static django": {"path": "/static/", "dir": str(root)}})
+
+    def curl(path, *args):
+        out = tmp_path / "out.bin"
+        r = subprocess.run(["curl", "-sk", "--http2", "-D", "-", "-o", str(out), *args,
+                            f"https://127.0.0.1:{port}{path}"], capture_output=True, timeout=30)
+        return r.stdout.decode("latin-1"), out.read_bytes() if out.exists() else b""
+    pmdtest.wait_for(lambda: curl("/static/empty.txt")[0].startswith("HTTP/2 200"), what="https")
+    head, body = curl("/static/big.bin")
+    assert head.startswith("HTTP/2 200") and body == BIG, head
+    head, body = curl("/static/big.bin", "-r", "100-199")
+    assert head.startswith("HTTP/2 206") and body == BIG[100:200]
+    assert "content-range: bytes 100-199/1048576" in head.lower()
+    head, body = curl("/static/admin/css/base.0123456789ab.css", "-H", "Accept-Encoding: gzip")
+    assert "content-encoding: gzip" in head.lower() and "vary: accept-encoding" in head.lower()
+    assert body == (root / "admin/css/base.0123456789ab.css.gz").read_bytes()
+    assert "cache-control: public, max-age=31536000, immutable" in head.lower()
+    head, _ = curl("/static/../secret.txt", "--path-as-is")
+    assert head.startswith("HTTP/2 404"), head
 
 
 def _tls_get(port, ctx, path, headers=None):
