@@ -1,5 +1,6 @@
 # pmd — GNU make build. `make`, `make check`, `make check SANITIZE=1`,
-# `make install PREFIX=/usr/local DESTDIR=`, `make deps`, `make fuzz`.
+# `make install PREFIX=/usr/local DESTDIR=`, `make deps`, `make fuzz`,
+# `make deb` (a binary Debian package in build/deb/).
 
 PREFIX  ?= /usr/local
 DESTDIR ?=
@@ -49,7 +50,7 @@ PMCTL_OBJS := $(PMCTL_SRCS:%.c=$(BUILD)/%.o)
 UNIT_SRCS  := $(wildcard tests/unit/test_*.c)
 UNIT_BINS  := $(UNIT_SRCS:%.c=$(BUILD)/%)
 
-.PHONY: all clean install check unit integration deps fuzz dist demo
+.PHONY: all clean install check unit integration deps fuzz dist demo deb
 all: $(BUILD)/pmd $(BUILD)/pmctl
 
 $(BUILD)/pmd: $(PMD_OBJS)
@@ -111,6 +112,17 @@ dist:
 	@mkdir -p build
 	git archive --format=tar.gz --prefix=pmd-$(VERSION)/ -o build/pmd-$(VERSION).tar.gz HEAD
 	@echo build/pmd-$(VERSION).tar.gz
+
+# Binary Debian package (debian/, debhelper) of the tree as it is, built in
+# a copy under build/deb/src so that nothing is written outside build/:
+# build/deb/pmd_VERSION_ARCH.deb. Needs dpkg-dev, debhelper, fakeroot and
+# the -dev packages (make deps). DEB_BUILD_OPTIONS etc. pass through.
+DEB_DIR := build/deb
+deb:
+	rm -rf $(DEB_DIR) && mkdir -p $(DEB_DIR)/src
+	tar --exclude=./build --exclude=./.git --exclude='__pycache__' -cf - . | tar -xf - -C $(DEB_DIR)/src
+	cd $(DEB_DIR)/src && dpkg-buildpackage -b -us -uc -rfakeroot -j2
+	@ls $(DEB_DIR)/*.deb
 
 clean:
 	rm -rf build

@@ -17,6 +17,9 @@ PKGS=(
 	nghttp2-client python3-h2 chromium haproxy nginx-light
 	# droplet files: systemd-analyze verify, cloud-init schema, man -l, make dist
 	systemd cloud-init python3-yaml man-db groff-base git
+	# make deb and its install test (test_package.py); the load balancer of
+	# test_rolling.py
+	dpkg-dev debhelper fakeroot lintian adduser haproxy
 )
 
 missing=()
