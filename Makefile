@@ -103,6 +103,7 @@ install: all
 	install -m 0644 man/pmd.8 $(DESTDIR)$(PREFIX)/share/man/man8/pmd.8
 	sed 's|/usr/local/|$(PREFIX)/|g' conf/pmd.service > $(DESTDIR)$(PREFIX)/lib/systemd/system/pmd.service
 	chmod 0644 $(DESTDIR)$(PREFIX)/lib/systemd/system/pmd.service
+	install -m 0644 conf/pmd.socket $(DESTDIR)$(PREFIX)/lib/systemd/system/pmd.socket
 	install -m 0644 conf/pmd.ini conf/uat.ini conf/dev.ini conf/cloud-init.yaml \
 		conf/deploy.yml conf/authorized_keys.example $(DESTDIR)$(PREFIX)/share/doc/pmd/examples/
 

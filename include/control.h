@@ -7,8 +7,15 @@ struct pmd;
 struct control;
 
 /* Create the socket (folder 0750, socket 0660 root:control_group) and
- * start serving. NULL + errp. */
+ * start serving; a listening socket on that path given at start
+ * (listenfds: the hand-over from a previous pmd) is used as it is.
+ * NULL + errp. */
 struct control *control_new(struct pmd *d, char **errp);
-void control_free(struct control *c);   /* NULL ok; unlinks the socket */
+/* The listening socket (for a hand-over), -1 once handed over. */
+int control_listen_fd(struct control *c);
+/* A new pmd serves the socket now: stop accepting on it, and leave the
+ * path alone at control_free. Open connections finish. */
+void control_handed_over(struct control *c);
+void control_free(struct control *c);   /* NULL ok; unlinks the socket (unless handed over) */
 
 #endif

@@ -16,10 +16,20 @@ struct proxy *proxy_new(const struct pmd_config *cfg, char **errp);
 /* Start the worker threads. 0 / -1. */
 int proxy_start(struct proxy *p, char **errp);
 /* Graceful stop, step 1 (any thread): stop accepting, close idle
- * keep-alive connections; in-flight requests continue. */
+ * keep-alive connections (after a short grace; responses from now on say
+ * Connection: close); in-flight requests and tunnels continue. */
 void proxy_stop_accepting(struct proxy *p);
+/* Graceful stop, step 2: WebSocket tunnels get close code 1001 and end. */
+void proxy_close_tunnels(struct proxy *p);
 /* Requests and tunnels in flight across workers. */
 long proxy_inflight(struct proxy *p);
+/* Open client connections; proxy_busy: those that are not tunnels. */
+long proxy_connections(struct proxy *p);
+long proxy_busy(struct proxy *p);
+/* The listening sockets of every worker (for a hand-over to a new pmd):
+ * up to cap fds with names "http" / "https". Main thread, before the
+ * stop. Count. The proxy keeps owning them. */
+size_t proxy_listen_fds(struct proxy *p, int *fds, const char **names, size_t cap);
 /* Stop the loops, join the threads, close everything, free. NULL ok. */
 void proxy_free(struct proxy *p);
 

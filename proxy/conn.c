@@ -64,6 +64,7 @@
 #define FILE_SEGMENT (1024 * 1024)     /* sendfile: bytes queued per file segment */
 #define FILE_READ (64 * 1024)          /* TLS: bytes per pread of a file body */
 #define POOL_MAX_IDLE 256              /* idle upstreams per backend per worker */
+#define STOP_IDLE_MS 1000              /* stopping: an idle keep-alive connection may still send one request */
 #define ACME_PREFIX "/.well-known/acme-challenge/"
 
 enum cstate { CS_HEAD, CS_HELD, CS_PROXY, CS_FILE, CS_TUNNEL, CS_LINGER, CS_H2 };
@@ -587,6 +588,20 @@ static void held_unlink(struct conn *c)
 	c->held_linked = false;
 }
 
+/* Tunnels are counted apart (proxy_busy): the graceful stop waits for the
+ * other connections, then closes tunnels. */
+static void tunnel_enter(struct conn *c)
+{
+	c->state = CS_TUNNEL;
+	STAT_ADD(c->w, tunnels, 1);
+}
+
+static void tunnel_leave(struct conn *c)
+{
+	if (c->state == CS_TUNNEL)
+		STAT_ADD(c->w, tunnels, -1);
+}
+
 /* Close after what is queued for the client has been written: half-close,
  * discard what the client still sends until its FIN or LINGER_MS, then
  * free (closing with unread input would reset the connection and could
@@ -601,6 +616,7 @@ static void conn_linger(struct conn *c)
 		upstream_free(c->up);
 		c->up = NULL;
 	}
+	tunnel_leave(c);
 	c->state = CS_LINGER;
 	timer_set(c, T_LINGER, LINGER_MS);
 	io_set_write_low(&c->io, 0);
@@ -645,8 +661,10 @@ static void conn_next(struct conn *c)
 {
 	conn_finish_request(c);
 	conn_drop_head(c);
-	if (c->close_after || c->w->stopping ||
-	    (c->client_eof && evbuffer_get_length(io_in(&c->io)) == 0)) {
+	/* stopping: a response whose head went out before did not say
+	 * Connection: close, so the client may still send on it (the next
+	 * answer says it; see conn_close_idle) */
+	if (c->close_after || (c->client_eof && evbuffer_get_length(io_in(&c->io)) == 0)) {
 		conn_linger(c);
 		return;
 	}
@@ -659,7 +677,8 @@ static void conn_next(struct conn *c)
 		io_read_on(&c->io, true);
 	}
 	if (evbuffer_get_length(io_in(&c->io)) == 0) {
-		timer_set(c, T_IDLE, ps->idle_timeout_ms);
+		timer_set(c, T_IDLE, c->w->stopping && ps->idle_timeout_ms > STOP_IDLE_MS ? STOP_IDLE_MS
+			: ps->idle_timeout_ms);
 		return;
 	}
 	timer_set(c, T_HEADER, ps->client_header_timeout_ms);
@@ -676,7 +695,7 @@ static void conn_head(struct conn *c, int status, const char *extra, const char 
 	struct evbuffer *out = io_out(&c->io);
 	if (c->rq.kind != HTTP_BODY_NONE && !c->rq.done)
 		close = true;            /* its body was not read */
-	if (!c->keep_alive)
+	if (!c->keep_alive || c->w->stopping)
 		close = true;
 	c->close_after = c->close_after || close;
 	char head[1536], clen[48] = "";
@@ -901,7 +920,9 @@ static int emit_response_head(struct conn *c, const struct http_response *res, s
 	} else if (!info) {
 		if (c->rs.out_chunked)
 			WB_LIT(&b, "Transfer-Encoding: chunked\r\n");
-		if (c->close_after || c->w->stopping)
+		if (c->w->stopping)
+			c->close_after = true;   /* said now, so the client does not reuse it */
+		if (c->close_after)
 			WB_LIT(&b, "Connection: close\r\n");
 		else if (c->minor0)
 			WB_LIT(&b, "Connection: keep-alive\r\n");
@@ -1472,18 +1493,20 @@ static void tunnel_pump(struct conn *c)
 	}
 }
 
-/* WebSocket close frames (RFC 6455 5.5.1) with code 1012 "service restart":
- * unmasked towards the client, masked towards the upstream. */
-static void tunnel_close_1012(struct conn *c)
+/* WebSocket close frames (RFC 6455 5.5.1) with `code` (1012 "service
+ * restart": the instance drains; 1001 "going away": pmd stops): unmasked
+ * towards the client, masked towards the upstream. */
+static void tunnel_close(struct conn *c, unsigned code)
 {
-	static const unsigned char to_client[4] = { 0x88, 0x02, 0x03, 0xf4 };
+	unsigned char hi = (unsigned char)(code >> 8), lo = (unsigned char)code;
+	const unsigned char to_client[4] = { 0x88, 0x02, hi, lo };
 	evbuffer_add(io_out(&c->io), to_client, sizeof(to_client));
 	if (c->up) {
 		uint64_t r = worker_random(c->w);
 		unsigned char m[4] = { (unsigned char)r, (unsigned char)(r >> 8),
 			(unsigned char)(r >> 16), (unsigned char)(r >> 24) };
 		unsigned char to_up[8] = { 0x88, 0x82, m[0], m[1], m[2], m[3],
-			(unsigned char)(0x03 ^ m[0]), (unsigned char)(0xf4 ^ m[1]) };
+			(unsigned char)(hi ^ m[0]), (unsigned char)(lo ^ m[1]) };
 		evbuffer_add(io_out(&c->up->io), to_up, sizeof(to_up));
 		upstream_retire(c->up);
 		c->up = NULL;
@@ -1533,7 +1556,7 @@ static void up_read(struct io *io, void *arg)
 			c->status = 101;
 			emit_response_head(c, res, out);
 			evbuffer_drain(in, (size_t)r);
-			c->state = CS_TUNNEL;
+			tunnel_enter(c);
 			c->res_head_done = true;
 			timer_activity(c, worker_settings(w)->idle_timeout_ms);
 			io_set_read_high(&c->io, 0);
@@ -1965,6 +1988,7 @@ static void conn_free(struct conn *c)
 	static_body_release(&c->fbody);
 	if (c->up)
 		upstream_free(c->up);
+	tunnel_leave(c);
 	if (c->prev)
 		c->prev->next = c->next;
 	else
@@ -2047,7 +2071,7 @@ void conn_tick(struct worker *w)
 		if (!c->be || !atomic_load_explicit(&c->be->close_tunnels, memory_order_relaxed))
 			continue;
 		if (c->state == CS_TUNNEL)
-			tunnel_close_1012(c);
+			tunnel_close(c, 1012);
 		else if (c->state == CS_PROXY && c->res_head_done)
 			conn_cut(c);
 		else if (c->state == CS_PROXY)
@@ -2065,9 +2089,21 @@ void conn_close_idle(struct worker *w)
 			h2_shutdown(c->h2);  /* GOAWAY; closes itself once its streams ended */
 			continue;
 		}
-		if ((c->state == CS_HEAD && !c->req_active &&
-		     evbuffer_get_length(io_in(&c->io)) == 0) || conn_abandoned(c))
+		if (conn_abandoned(c))
 			conn_free(c);
+		else if (c->state == CS_HEAD && !c->req_active && evbuffer_get_length(io_in(&c->io)) == 0)
+			timer_set(c, T_IDLE, STOP_IDLE_MS);   /* a request sent meanwhile gets Connection: close */
+	}
+	worker_flush(w);
+}
+
+void conn_close_tunnels(struct worker *w)
+{
+	struct conn *c = w->conns, *next;
+	for (; c; c = next) {
+		next = c->next;
+		if (c->state == CS_TUNNEL)
+			tunnel_close(c, 1001);
 	}
 	worker_flush(w);
 }

@@ -8,6 +8,7 @@
  * events (wake, stop, resume): libevent is set up with pthreads by main. */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <netinet/in.h>
 #include <stdio.h>
@@ -21,10 +22,12 @@
 #include <event2/event.h>
 #include <event2/listener.h>
 
+#include "listenfds.h"
 #include "log.h"
 #include "proxy_int.h"
 
 #define LISTEN_BACKLOG 1024
+#define GIVEN_MAX 64                 /* given sockets used per address */
 #define LOG_BATCH_LINES 64
 #define LOG_FLUSH_MS 100
 
@@ -338,14 +341,18 @@ static void on_stop(evutil_socket_t fd, short what, void *arg)
 	(void)fd;
 	(void)what;
 	struct worker *w = arg;
-	w->stopping = true;
-	for (size_t i = 0; i < w->n_ls; i++)
-		if (w->ls[i].lev) {
-			evconnlistener_free(w->ls[i].lev);
-			w->ls[i].lev = NULL;
-			w->ls[i].fd = -1;
-		}
-	conn_close_idle(w);
+	if (!w->stopping) {
+		w->stopping = true;
+		for (size_t i = 0; i < w->n_ls; i++)
+			if (w->ls[i].lev) {
+				evconnlistener_free(w->ls[i].lev);
+				w->ls[i].lev = NULL;
+				w->ls[i].fd = -1;
+			}
+		conn_close_idle(w);
+	}
+	if (atomic_load(&w->p->stop_step) >= 2)
+		conn_close_tunnels(w);
 }
 
 static void on_tick(evutil_socket_t fd, short what, void *arg)
@@ -422,12 +429,30 @@ static void settings_from_config(const struct pmd_config *cfg, struct proxy_sett
 	ps->hsts = NULL;
 }
 
+static const struct listen_addr *cfg_addr(const struct pmd_config *cfg, size_t i)
+{
+	return i < cfg->n_http_listen ? &cfg->http_listen[i] : &cfg->https_listen[i - cfg->n_http_listen];
+}
+
+/* Sockets given for address i (socket activation, hand-over): with at
+ * least one per worker, worker wi takes every k-th one (k = workers); with
+ * fewer, workers share them (a dup each). None: each binds its own. */
+static size_t given_count(size_t n_given, int nw, int wi)
+{
+	if (n_given == 0 || (int)n_given <= nw)
+		return 1;
+	return n_given / (size_t)nw + ((size_t)wi < n_given % (size_t)nw);
+}
+
 struct proxy *proxy_new(const struct pmd_config *cfg, char **errp)
 {
 	struct proxy *p = calloc(1, sizeof(*p));
 	size_t n_https = cfg->tls_mode == TLS_OFF ? 0 : cfg->n_https_listen;
 	size_t n_addr = cfg->n_http_listen + n_https;
-	if (!p)
+	int *given = NULL;           /* GIVEN_MAX per address */
+	size_t *n_given = NULL;
+	if (!p || !(given = calloc(n_addr ? n_addr * GIVEN_MAX : 1, sizeof(*given))) ||
+	    !(n_given = calloc(n_addr ? n_addr : 1, sizeof(*n_given))))
 		goto nomem;
 	p->nw = cfg->workers > 0 ? cfg->workers : 1;
 	settings_from_config(cfg, &p->defaults);
@@ -440,39 +465,77 @@ struct proxy *proxy_new(const struct pmd_config *cfg, char **errp)
 	    !(p->w = calloc((size_t)p->nw, sizeof(*p->w))))
 		goto nomem;
 	for (size_t i = 0; i < n_addr; i++) {
-		const struct listen_addr *a = i < cfg->n_http_listen ? &cfg->http_listen[i]
-			: &cfg->https_listen[i - cfg->n_http_listen];
+		const struct listen_addr *a = cfg_addr(cfg, i);
 		if (!(p->addr_text[i] = strdup(a->text)))
 			goto nomem;
 		p->n_addr_text++;
-		if (probe_addr(a, errp) < 0)
+		n_given[i] = listenfds_take_inet((const struct sockaddr *)&a->ss, given + i * GIVEN_MAX, GIVEN_MAX);
+		if (n_given[i])
+			log_info("listening on given sockets address=%s sockets=%zu", a->text, n_given[i]);
+		else if (probe_addr(a, errp) < 0)
 			goto fail;
 	}
 	for (int wi = 0; wi < p->nw; wi++) {
 		struct worker *w = &p->w[wi];
+		size_t n_ls = 0;
 		w->p = p;
 		w->idx = wi;
-		if (!(w->ls = calloc(n_addr ? n_addr : 1, sizeof(*w->ls))))
+		for (size_t i = 0; i < n_addr; i++)
+			n_ls += given_count(n_given[i], p->nw, wi);
+		if (!(w->ls = calloc(n_ls ? n_ls : 1, sizeof(*w->ls))))
 			goto nomem;
 		for (size_t i = 0; i < n_addr; i++) {
-			const struct listen_addr *a = i < cfg->n_http_listen ? &cfg->http_listen[i]
-				: &cfg->https_listen[i - cfg->n_http_listen];
-			struct listener_slot *ls = &w->ls[i];
-			ls->w = w;
-			ls->tls = i >= cfg->n_http_listen;
-			ls->text = p->addr_text[i];
-			ls->fd = bind_one(a, true, errp);
-			w->n_ls++;
-			if (ls->fd < 0)
-				goto fail;
+			const int *gf = given + i * GIVEN_MAX;
+			for (size_t k = 0; k < given_count(n_given[i], p->nw, wi); k++) {
+				struct listener_slot *ls = &w->ls[w->n_ls++];
+				ls->w = w;
+				ls->tls = i >= cfg->n_http_listen;
+				ls->text = p->addr_text[i];
+				if (n_given[i] == 0)
+					ls->fd = bind_one(cfg_addr(cfg, i), true, errp);
+				else if ((int)n_given[i] > p->nw || (size_t)wi < n_given[i])
+					ls->fd = gf[(size_t)wi + k * (size_t)p->nw];
+				else if ((ls->fd = fcntl(gf[(size_t)wi % n_given[i]], F_DUPFD_CLOEXEC, 3)) < 0)
+					*errp = xasprintf("cannot share the socket of %s: %s", ls->text, strerror(errno));
+				if (ls->fd < 0)
+					goto fail;
+			}
 		}
 	}
+	free(given);
+	free(n_given);
 	return p;
 nomem:
 	*errp = xasprintf("proxy: out of memory");
 fail:
+	/* given sockets no worker holds yet are closed too: pmd exits */
+	for (size_t i = 0; given && n_given && i < n_addr; i++)
+		for (size_t k = 0; k < n_given[i]; k++) {
+			bool held = false;
+			for (int wi = 0; p && p->w && wi < p->nw; wi++)
+				for (size_t j = 0; p->w[wi].ls && j < p->w[wi].n_ls; j++)
+					held = held || p->w[wi].ls[j].fd == given[i * GIVEN_MAX + k];
+			if (!held)
+				close(given[i * GIVEN_MAX + k]);
+		}
+	free(given);
+	free(n_given);
 	proxy_free(p);
 	return NULL;
+}
+
+size_t proxy_listen_fds(struct proxy *p, int *fds, const char **names, size_t cap)
+{
+	size_t n = 0;
+	for (int wi = 0; p && wi < p->nw; wi++)
+		for (size_t i = 0; i < p->w[wi].n_ls && n < cap; i++) {
+			const struct listener_slot *ls = &p->w[wi].ls[i];
+			if (ls->fd < 0)
+				continue;
+			fds[n] = ls->fd;
+			names[n++] = ls->tls ? "https" : "http";
+		}
+	return n;
 }
 
 /* Threads ------------------------------------------------------------------- */
@@ -508,7 +571,8 @@ static int worker_setup(struct worker *w, char **errp)
 	evtimer_add(w->ev_tick, &tick);
 	for (size_t i = 0; i < w->n_ls; i++) {
 		struct listener_slot *ls = &w->ls[i];
-		ls->lev = evconnlistener_new(w->base, on_accept, ls, LEV_OPT_CLOSE_ON_FREE, 0, ls->fd);
+		ls->lev = evconnlistener_new(w->base, on_accept, ls,
+			LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, 0, ls->fd);
 		if (!ls->lev) {
 			*errp = xasprintf("proxy worker %d: cannot listen on %s", w->idx, ls->text);
 			return -1;
@@ -546,12 +610,36 @@ int proxy_start(struct proxy *p, char **errp)
 	return 0;
 }
 
-void proxy_stop_accepting(struct proxy *p)
+static void stop_step(struct proxy *p, int step)
 {
 	if (!p || !p->started)
 		return;
+	atomic_store(&p->stop_step, step);
 	for (int i = 0; i < p->nw; i++)
 		event_active(p->w[i].ev_stop, EV_TIMEOUT, 0);
+}
+
+void proxy_stop_accepting(struct proxy *p)
+{
+	stop_step(p, 1);
+}
+
+void proxy_close_tunnels(struct proxy *p)
+{
+	stop_step(p, 2);
+}
+
+long proxy_connections(struct proxy *p)
+{
+	return p ? atomic_load(&p->nconns) : 0;
+}
+
+long proxy_busy(struct proxy *p)
+{
+	long n = proxy_connections(p);
+	for (int i = 0; p && i < p->nw; i++)
+		n -= atomic_load_explicit(&p->w[i].st.tunnels, memory_order_relaxed);
+	return n > 0 ? n : 0;
 }
 
 long proxy_inflight(struct proxy *p)

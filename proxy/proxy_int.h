@@ -28,6 +28,7 @@ struct wstats {
 	_Atomic uint64_t bytes_in, bytes_out, upstream_errors, held, tls_handshakes;
 	_Atomic long inflight;           /* requests and tunnels in progress */
 	_Atomic uint64_t h2_connections, h2_connections_total, h2_streams_total;
+	_Atomic long tunnels;            /* client connections in CS_TUNNEL */
 };
 
 /* Per-worker, per-route request counters (same single-writer rule).
@@ -203,6 +204,7 @@ struct proxy {
 	size_t n_addr_text;
 	atomic_int nconns;               /* client connections across workers */
 	atomic_int n_paused;             /* workers paused at the cap */
+	atomic_int stop_step;            /* 1 stop accepting, 2 close tunnels too */
 	bool started;
 };
 
@@ -259,9 +261,12 @@ void conn_on_snapshot(struct worker *w);
 /* Periodic: idle upstream expiry, close tunnels of drained backends,
  * abandon requests to draining backends whose client sent EOF. */
 void conn_tick(struct worker *w);
-/* Stop accepting: close idle keep-alive client connections, and requests
- * whose client sent EOF before an answer (see conn.c). */
+/* Stop accepting: idle keep-alive client connections close after a short
+ * grace (a request sent meanwhile is answered with Connection: close);
+ * requests whose client sent EOF before an answer close now (see conn.c). */
 void conn_close_idle(struct worker *w);
+/* Graceful stop, the end: WebSocket tunnels get close code 1001. */
+void conn_close_tunnels(struct worker *w);
 /* Worker shutdown: free every connection and pooled upstream. */
 void conn_free_all(struct worker *w);
 

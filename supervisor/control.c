@@ -38,6 +38,7 @@
 #include "config.h"
 #include "daemon.h"
 #include "http.h"
+#include "listenfds.h"
 #include "log.h"
 #include "metrics.h"
 #include "supervisor.h"
@@ -58,7 +59,7 @@ struct conn;
 struct control {
 	struct pmd *d;
 	struct evconnlistener *listener;
-	char *path;                 /* the socket we created; unlinked at free */
+	char *path;                 /* the socket we serve; unlinked at free unless handed over */
 	struct conn *conns;         /* every open connection */
 	size_t n_conns;
 };
@@ -1226,19 +1227,24 @@ struct control *control_new(struct pmd *d, char **errp)
 		have_group = true;
 	else
 		log_warn("control: group not found, socket keeps pmd's group group=%s path=%s", group, path);
-	if (make_socket_dir(path, have_group ? gr.gr_gid : 0, have_group && is_root, errp) < 0
-	    || clear_stale_socket(path, errp) < 0)
-		goto fail;
-
-	snprintf(sun.sun_path, sizeof(sun.sun_path), "%s", path);
-	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	if (fd < 0 || bind(fd, (struct sockaddr *)&sun, sizeof(sun)) < 0)
-		goto syserr;
-	bound = true;
-	/* owner and mode are set before listen(): no one connects meanwhile */
-	if (chmod(path, 0660) < 0 || (is_root && have_group && chown(path, 0, gr.gr_gid) < 0)
-	    || listen(fd, 64) < 0)
-		goto syserr;
+	/* handed over by the pmd this one replaces: already bound, owned and
+	 * listening (and the path is that pmd's until it is gone) */
+	if ((fd = listenfds_take_unix(path)) >= 0) {
+		log_info("control socket given path=%s", path);
+	} else {
+		if (make_socket_dir(path, have_group ? gr.gr_gid : 0, have_group && is_root, errp) < 0
+		    || clear_stale_socket(path, errp) < 0)
+			goto fail;
+		snprintf(sun.sun_path, sizeof(sun.sun_path), "%s", path);
+		fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+		if (fd < 0 || bind(fd, (struct sockaddr *)&sun, sizeof(sun)) < 0)
+			goto syserr;
+		bound = true;
+		/* owner and mode are set before listen(): no one connects meanwhile */
+		if (chmod(path, 0660) < 0 || (is_root && have_group && chown(path, 0, gr.gr_gid) < 0)
+		    || listen(fd, 64) < 0)
+			goto syserr;
+	}
 
 	c = calloc(1, sizeof(*c));
 	if (!c || !(c->path = strdup(path)))
@@ -1270,14 +1276,30 @@ fail:
 	return NULL;
 }
 
+int control_listen_fd(struct control *c)
+{
+	return c && c->listener ? evconnlistener_get_fd(c->listener) : -1;
+}
+
+void control_handed_over(struct control *c)
+{
+	if (!c || !c->listener)
+		return;
+	evconnlistener_free(c->listener);
+	c->listener = NULL;
+	free(c->path);
+	c->path = NULL;
+}
+
 void control_free(struct control *c)
 {
 	if (!c)
 		return;
-	evconnlistener_free(c->listener);
+	if (c->listener)
+		evconnlistener_free(c->listener);
 	while (c->conns)
 		conn_close(c->conns);
-	if (unlink(c->path) < 0 && errno != ENOENT)
+	if (c->path && unlink(c->path) < 0 && errno != ENOENT)
 		log_syserr("control: cannot remove socket path=%s", c->path);
 	free(c->path);
 	free(c);

@@ -11,8 +11,9 @@ Load(port, ...) runs, until stop() or its time limit:
 - one long streaming response (GET /api/v1/stream), started first, that
   must arrive complete, every line from one version, in order;
 - one WebSocket (hand-rolled client: upgrade, masked text frames, echoes
-  checked). A close frame with code 1012 ("service restart", the end of a
-  drain) is recorded and the client reconnects; any other end is a failure.
+  checked). A close frame with a code in `ws_close_codes` (default 1012
+  "service restart", the end of a drain; 1001 "going away" when pmd itself
+  stops) is recorded and the client reconnects; any other end is a failure.
 
 Every answer must be 200 and name a version in `versions` (backend) or
 `frontend_versions` (frontend): the sets can be changed while the load runs
@@ -45,7 +46,7 @@ def _now():
 class Load:
     def __init__(self, port, versions, frontend_versions=None, keepalive=4, fresh=4,
                  frontend=2, stream=(60, 150), websocket=True, max_seconds=120,
-                 max_requests=20000, pause=0.005, timeout=30.0):
+                 max_requests=20000, pause=0.005, timeout=30.0, ws_close_codes=(1012,)):
         self.port = port
         self.versions = set(versions)
         self.frontend_versions = set(frontend_versions) if frontend_versions else None
@@ -53,6 +54,7 @@ class Load:
         self.frontend = frontend if frontend_versions else 0
         self.stream_spec = stream            # (lines, ms between lines) or None
         self.websocket = websocket
+        self.ws_close_codes = tuple(ws_close_codes)
         self.max_seconds = max_seconds
         self.max_requests = max_requests     # per client
         self.pause = pause
@@ -280,7 +282,7 @@ class Load:
                     code = struct.unpack("!H", data[:2])[0] if len(data) >= 2 else None
                     with self.lock:
                         self.ws_closes.append((_now(), code))
-                    if code != 1012:
+                    if code not in self.ws_close_codes:
                         raise Failure(f"WebSocket: close frame with code {code}")
                     sock.close()
                     sock = None

@@ -209,6 +209,8 @@ class Pmd:
         self.env = dict(os.environ, **(env or {}))
         self.cwd = str(cwd or self.dir)  # relative paths in the config resolve here
         self.proc = None
+        self.wrapper = []           # command words before pmd (socket activation)
+        self.pass_fds = ()          # descriptors pmd inherits
         self._log = None
         self._children = set()
         self._sampler = None
@@ -239,10 +241,10 @@ class Pmd:
         answers /status and the HTTP listener accepts."""
         assert os.access(PMD, os.X_OK), f"{PMD} is not built (make, or set PMD_BUILD)"
         self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([PMD, "run", "-c", str(self.config_path)],
+        self.proc = subprocess.Popen(self.wrapper + [PMD, "run", "-c", str(self.config_path)],
                                      stdin=subprocess.DEVNULL, stdout=self._log,
                                      stderr=subprocess.STDOUT, env=self.env,
-                                     cwd=self.cwd)
+                                     cwd=self.cwd, pass_fds=self.pass_fds)
         # Remember every descendant while pmd runs: one that is orphaned
         # before stop() (a wrapper shell exited, say) is still pmd's.
         self._sampler = threading.Thread(target=self._sample, args=(self.proc,), daemon=True)

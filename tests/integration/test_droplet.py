@@ -548,6 +548,7 @@ EXPECTED_TREE = {
     "bin/pmctl": 0o755, "sbin/pmd": 0o755,
     "share/man/man1/pmctl.1": 0o644, "share/man/man5/pmd.ini.5": 0o644,
     "share/man/man8/pmd.8": 0o644, "lib/systemd/system/pmd.service": 0o644,
+    "lib/systemd/system/pmd.socket": 0o644,
     "share/doc/pmd/examples/pmd.ini": 0o644, "share/doc/pmd/examples/uat.ini": 0o644,
     "share/doc/pmd/examples/dev.ini": 0o644, "share/doc/pmd/examples/cloud-init.yaml": 0o644,
     "share/doc/pmd/examples/deploy.yml": 0o644,
@@ -601,11 +602,16 @@ def test_systemd_unit_verifies(installed, tmp_path):
     # make install just wrote, and MANPATH at its man pages (Documentation=)
     unit = tmp_path / "pmd.service"
     unit.write_text(text.replace("/usr/local/sbin/pmd", str(prefix / "sbin/pmd")))
-    r = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True, timeout=120,
-                       env=dict(os.environ, MANPATH=str(prefix / "share/man")))
+    sock = tmp_path / "pmd.socket"
+    sock.write_text((prefix / "lib/systemd/system/pmd.socket").read_text())
+    r = subprocess.run([analyze, "verify", str(unit), str(sock)], capture_output=True, text=True,
+                       timeout=120, env=dict(os.environ, MANPATH=str(prefix / "share/man")))
     assert (r.returncode, r.stderr) == (0, ""), r.stderr
     s = unit_settings(text)
-    assert s["Type"] == ["notify"] and s["NotifyAccess"] == ["main"]
+    # all: the pmd a SIGUSR2 hand-over starts says MAINPID= (man pmd(8))
+    assert s["Type"] == ["notify"] and s["NotifyAccess"] == ["all"]
+    k = unit_settings(sock.read_text())
+    assert k["ListenStream"] == ["0.0.0.0:80", "0.0.0.0:443"] and k["Service"] == ["pmd.service"]
     assert s["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
     assert s["Restart"] == ["on-failure"]
     assert s["RuntimeDirectory"] == ["pmd"] and s["StateDirectory"] == ["pmd"]
