@@ -645,6 +645,7 @@ struct h2sess *h2_start(struct conn *c, struct io *io)
 	nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, on_data_chunk);
 	nghttp2_session_callbacks_set_on_stream_close_callback(cb, on_stream_close);
 	nghttp2_option_set_no_auto_window_update(opt, 1);
+	nghttp2_option_set_no_closed_streams(opt, 1);   /* no priority tree: idle stays small */
 	nghttp2_option_set_max_outbound_ack(opt, 1000);
 	nghttp2_option_set_max_settings(opt, 32);
 #if NGHTTP2_VERSION_NUM >= 0x013900

@@ -618,3 +618,36 @@ def test_zero_window_readers_and_too_many_streams(pmd_factory, origin):
     assert len([t for t in origin.seen if t.startswith("/big")]) <= 100
     assert peak - base < 48 * 1024, f"RSS grew from {base} kB to {peak} kB for {len(answered)} streams"
     s.close()
+
+
+def test_chromium_loads_the_demo_over_h2(tmp_path):
+    """Headless chromium loads the demo (conf/demo.ini) over HTTPS: the
+    page arrives, chromium's net log says h2 was negotiated, and pmd's
+    access log has the page and its assets as proto=h2."""
+    import shutil
+    from test_demo import demo_copy
+    chromium = shutil.which("chromium")
+    if not chromium:
+        pytest.skip("chromium is not installed (tests/deps.sh)")
+    p = demo_copy(tmp_path)
+    p.start()
+    try:
+        p.wait_healthy("backend")
+        p.wait_healthy("frontend")
+        ver, code, _ = curl(p, "/api/v1/hello")
+        assert (ver, code) == ("2", 200)
+        prof = tmp_path / "chromium"
+        netlog = tmp_path / "net.json"
+        r = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                            "--no-first-run", "--disable-background-networking",
+                            "--disable-component-update", "--disable-sync", f"--user-data-dir={prof}",
+                            "--ignore-certificate-errors", f"--log-net-log={netlog}",
+                            "--dump-dom", f"https://127.0.0.1:{p.https_port}/"],
+                           capture_output=True, timeout=90)
+        assert b"<h1>pmd demo</h1>" in r.stdout, r.stderr[-2000:]
+        assert '"negotiated_protocol":"h2"' in netlog.read_text()
+        wait_for(lambda: 'target="/" status=200' in p.log_text(), what="the page in the access log")
+        page = [l for l in p.log_text().splitlines() if 'target="/" status=200' in l]
+        assert page and all(l.endswith("proto=h2") for l in page), page
+    finally:
+        p.stop()
