@@ -474,6 +474,8 @@ def test_environment_specifics():
         assert re.search(r"^\[static django\]\npath = /static/\n"
                          r"dir = /var/lib/docker/volumes/static_data/_data\nfallback = route$", t, re.M), name
         assert "[route static]" not in t, name
+        # each release fills the volume: Docker copies an image into it only once
+        assert re.search(r"^release_command = .*manage\.py collectstatic --noinput", t, re.M), name
     dev = read("dev.ini")
     assert "domains = dev.meatscentral.com" in dev
     assert re.search(r"^env = DATABASE_URL=sqlite:////app/data/db.sqlite3$", dev, re.M)
