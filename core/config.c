@@ -7,7 +7,8 @@
  * only returns the first one). The handler then only sees `key = value`
  * lines and continuation lines. A value is applied once all its lines are in:
  * an indented line after a key continues that key's value, joined with one
- * space (so a long `command` can span lines; inih's line limit is 200 bytes).
+ * space. Lines longer than inih's fixed 200-byte buffer are handled by the
+ * reader (long_line), up to LONG_LINE_MAX characters.
  *
  * Every problem is collected with its line, sorted by line at the end and
  * returned as "FILE:LINE: message" ("FILE: message" when no line applies,
@@ -893,6 +894,7 @@ struct ctx {
 	const struct key *pend_key;
 	int pend_line;
 	char *pend_val;
+	char *long_val;                   /* value of a line too long for inih (long_line) */
 
 	struct perr *errv;
 	size_t n_err, cap_err;
@@ -1140,6 +1142,8 @@ static void section_header(struct ctx *x, const char *start, int line)
 
 /* ---- inih glue ------------------------------------------------------------ */
 
+#define LONG_LINE_MAX 65536   /* characters of one line */
+
 /* Mirrors how inih classifies `line` (see ini.c: comment, continuation,
  * section, key), so that the reader knows what the handler is about to be
  * called for; handles section headers and syntax errors itself. */
@@ -1180,11 +1184,72 @@ static void classify(struct ctx *x, const char *line, int lineno)
 	add_err(x, lineno, "expected \"key = value\" or a [section] header, got %s", quoted(text, q, sizeof(q)));
 }
 
-/* fgets-like reader over the buffer for inih: numbers lines, refuses what
- * inih would mangle (NUL bytes, lines over its fixed buffer), classifies. */
+static void append_pending(struct ctx *x, const char *value);
+
+/* A line longer than inih's buffer (r55 has a fixed one of 200 bytes,
+ * INI_ALLOW_REALLOC is off in Debian's and Ubuntu's builds), handled here
+ * as inih would: a `key = value` line reaches inih as "key =" with the
+ * value kept in x->long_val for the handler; a continuation line is
+ * appended to the pending value at once. Anything else is classified and
+ * reported as usual. Writes what inih gets into str (room for num). */
+static void long_line(struct ctx *x, const char *p, size_t content, char *str, int num)
+{
+	char *line = strndup(p, content), *q, *v, *start;
+	bool space = false;
+
+	str[0] = '\n';
+	str[1] = '\0';
+	if (line == NULL) {
+		x->oom = true;
+		return;
+	}
+	classify(x, line, x->lineno);
+	start = line + (x->lineno == 1 && strncmp(line, "\xEF\xBB\xBF", 3) == 0 ? 3 : 0);
+	while (isspace((unsigned char)*start))
+		start++;
+	if (x->cont) {
+		if (x->pend_val)
+			append_pending(x, start);
+		goto out;
+	}
+	if (!x->has_prev)
+		goto out;                 /* a header or a syntax error: reported */
+	for (q = start; *q && *q != '=' && *q != ':' && !(space && *q == ';'); q++)
+		space = isspace((unsigned char)*q);
+	if (*q != '=' && *q != ':')
+		goto out;                 /* no `=`: reported by classify */
+	if ((size_t)(q - line) + 3 > (size_t)num) {
+		add_err(x, x->lineno, "line too long: a key of %zu characters", (size_t)(q - start));
+		x->has_prev = false;
+		goto out;
+	}
+	memcpy(str, line, (size_t)(q - line) + 1);
+	str[q - line + 1] = '\n';
+	str[q - line + 2] = '\0';
+	/* inih: an inline comment starts at ';' after a blank; then trimmed */
+	space = false;
+	for (v = q + 1; *v && !(space && *v == ';'); v++)
+		space = isspace((unsigned char)*v);
+	*v = '\0';
+	for (v = q + 1; isspace((unsigned char)*v); v++)
+		;
+	q = v + strlen(v);
+	while (q > v && isspace((unsigned char)q[-1]))
+		*--q = '\0';
+	x->long_val = strdup(v);
+	if (x->long_val == NULL)
+		x->oom = true;
+out:
+	free(line);
+}
+
+/* fgets-like reader over the buffer for inih: numbers lines, refuses NUL
+ * bytes, hands lines over inih's buffer to long_line, classifies. */
 static char *reader(char *str, int num, void *stream)
 {
 	struct ctx *x = stream;
+	free(x->long_val);
+	x->long_val = NULL;
 	if (x->pos >= x->len || num < 4)
 		return NULL;
 	const char *p = x->buf + x->pos;
@@ -1203,10 +1268,16 @@ static char *reader(char *str, int num, void *stream)
 	} else if (content > (size_t)num - 3) {
 		size_t bom = x->lineno == 1 && strncmp(p, "\xEF\xBB\xBF", 3) == 0 ? 3 : 0;
 		size_t lead = bom + strspn(p + bom, " \t");
-		if (p[lead] != ';' && p[lead] != '#')
+		if (p[lead] == ';' || p[lead] == '#') {
+			n = 0;
+		} else if (content > LONG_LINE_MAX) {
 			add_err(x, x->lineno, "line too long: expected at most %d characters, got %zu "
-				"(continue a long value on indented lines)", num - 3, content);
-		n = 0;
+				"(continue a long value on indented lines)", LONG_LINE_MAX, content);
+			n = 0;
+		} else {
+			long_line(x, p, content, str, num);
+			return str;
+		}
 	}
 	if (n == 0) {
 		str[0] = '\n';
@@ -1277,7 +1348,7 @@ static int handler(void *user, const char *section, const char *name, const char
 	}
 	if (!s->seen[i])
 		s->seen[i] = x->lineno;
-	x->pend_val = strdup(value);
+	x->pend_val = strdup(x->long_val ? x->long_val : value);
 	if (!x->pend_val)
 		x->oom = true;
 	x->pend_key = k;
@@ -1493,6 +1564,8 @@ static int parse_buffer(const char *file, const char *buf, size_t len, struct pm
 		goto out;
 	}
 	int r = ini_parse_stream(reader, &x, handler, &x);
+	free(x.long_val);
+	x.long_val = NULL;
 	flush_pending(&x);
 	if (r < 0)
 		x.oom = true;

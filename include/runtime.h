@@ -129,7 +129,9 @@ const struct runtime_ops *runtime_for(enum runtime_kind k);
 
 /* Environment of an instance: env_file (Docker env-file format: KEY=VALUE,
  * '#' comments, blank lines, no quote processing), then `env` entries, then
- * PORT=port when port > 0. Later keys override earlier ones. Checks
+ * PORT=port when port > 0; for runtime = exec PATH (pmd's, else
+ * /usr/local/sbin:...:/bin) when neither sets it. Later keys override
+ * earlier ones. Checks
  * required_env. Returns a NULL-terminated array (free with
  * runtime_env_free) or NULL with *errp set ("missing required_env:
  * DATABASE_URL, SECRET_KEY", "env_file /x: No such file or directory"). */

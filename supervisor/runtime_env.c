@@ -6,7 +6,8 @@
  * skipped, the value taken literally (no quotes, no escapes, no
  * expansion); a line KEY without '=' takes KEY's value from pmd's own
  * environment (skipped when unset). A trailing '\r' (a file edited on
- * Windows) is dropped. `env` entries follow the same rules. */
+ * Windows) is dropped. `env` entries follow the same rules. An exec
+ * instance that sets no PATH gets pmd's (DEFAULT_PATH when pmd has none). */
 #include "runtime.h"
 
 #include <ctype.h>
@@ -18,6 +19,8 @@
 #include "fsutil.h"
 
 #define ENV_FILE_MAX (1u << 20)
+/* exec instances when pmd itself has no PATH (Debian's default) */
+#define DEFAULT_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 struct envset {
 	char **v;
@@ -178,6 +181,19 @@ char **runtime_env_build(const struct svc_conf *svc, int port, char **errp)
 	for (size_t i = 0; i < svc->env.n; i++)
 		if (env_entry(&e, svc->env.v[i], strlen(svc->env.v[i]), "env", errp) < 0)
 			goto fail;
+	/* a process gets only this environment: without PATH its programs
+	 * (and their children) find nothing; a container has its image's */
+	if (svc->runtime == RUNTIME_EXEC && !env_get(&e, "PATH")) {
+		const char *path = getenv("PATH");
+		char *kv = NULL;
+
+		if (asprintf(&kv, "PATH=%s", path != NULL && path[0] != '\0' ? path : DEFAULT_PATH) < 0)
+			goto nomem;
+		int rc = env_set(&e, kv, strlen(kv));
+		free(kv);
+		if (rc < 0)
+			goto nomem;
+	}
 	if (port > 0) {
 		snprintf(portkv, sizeof(portkv), "PORT=%d", port);
 		if (env_set(&e, portkv, strlen(portkv)) < 0)

@@ -610,12 +610,46 @@ static void test_file_level_errors(void **state)
 		      "pmd.ini:5: expected \"key = value\" or a [section] header, got \"this line has no equals sign\"\n"
 		      "pmd.ini:6: unexpected text after the section header");
 
-	char *longline = malloc(400);
+	size_t big = 70000;
+	char *longline = malloc(big + 100);
 	assert_non_null(longline);
-	snprintf(longline, 400, NO_TLS "[pmd]\nstate_dir = /%0250d\n", 0);
-	expect_errors(longline, "pmd.ini:4: line too long: expected at most 197 characters, got 263 "
+	snprintf(longline, big + 100, NO_TLS "[pmd]\nstate_dir = /%0*d\n", (int)big, 0);
+	expect_errors(longline, "pmd.ini:4: line too long: expected at most 65536 characters, got 70013 "
 				"(continue a long value on indented lines)");
 	free(longline);
+}
+
+/* Lines longer than inih's 200-byte buffer: values as inih would give
+ * them (trimmed, inline comment cut), continuations, a long continuation,
+ * and what follows still parsed. */
+static void test_long_lines(void **state)
+{
+	(void)state;
+	char cmd[1001], text[4096];
+	memset(cmd, 'a', sizeof(cmd) - 1);
+	cmd[sizeof(cmd) - 1] = '\0';
+	memcpy(cmd, "/bin/app ", 9);
+	snprintf(text, sizeof(text), NO_TLS "[service w]\nruntime = exec\ncommand =   %s   ; a comment\n"
+		 "  --more\n  %s\nenv: K=%s\nport = 9000\n", cmd, cmd + 9, cmd + 9);
+	struct pmd_config *c = expect_ok(text);
+	const struct svc_conf *s = &c->services[0];
+	assert_int_equal(strlen(s->command), 1000 + 7 + 1 + 991);
+	assert_memory_equal(s->command, cmd, 1000);
+	assert_memory_equal(s->command + 1000, " --more ", 8);
+	assert_int_equal(s->env.n, 1);
+	assert_int_equal(strlen(s->env.v[0]), 2 + 991);
+	assert_int_equal(s->port, 9000);
+	config_free(c);
+	/* a long line is still checked: unknown key, bad value, no '=' */
+	snprintf(text, sizeof(text), NO_TLS "[service w]\nruntime = exec\ncommand = x\nnope = %s\n"
+		 "port = %s\n%s\n", cmd, cmd, cmd);
+	struct pmd_config *bad;
+	char *got = load(text, &bad);
+	assert_non_null(strstr(got, "pmd.ini:6: unknown key \"nope\" in [service w]\n"
+				    "pmd.ini:7: port: expected an integer"));
+	assert_non_null(strstr(got, "\npmd.ini:8: expected \"key = value\" or a [section] header"));
+	assert_null(strstr(got, "too long"));
+	free(got);
 }
 
 static void test_key_errors(void **state)
@@ -900,6 +934,7 @@ int main(void)
 		cmocka_unit_test(test_many_errors_at_once),
 		cmocka_unit_test(test_repeatable_and_continuation),
 		cmocka_unit_test(test_syntax_details),
+		cmocka_unit_test(test_long_lines),
 		cmocka_unit_test(test_file_too_large),
 		cmocka_unit_test(test_strlist),
 	};

@@ -97,6 +97,40 @@ static void test_no_env_file_no_port(void **state)
 	runtime_env_free(NULL);
 }
 
+/* exec instances get a PATH unless the service sets one; containers never
+ * (their image has its own). */
+static void test_exec_path(void **state)
+{
+	(void)state;
+	struct svc_conf s = svc_with("");
+	char **env, *err = NULL, *saved = getenv("PATH") ? strdup(getenv("PATH")) : NULL;
+
+	s.runtime = RUNTIME_EXEC;
+	setenv("PATH", "/opt/x/bin:/usr/bin", 1);
+	env = runtime_env_build(&s, 8000, &err);
+	assert_string_equal(env[0], "PATH=/opt/x/bin:/usr/bin");
+	assert_string_equal(env[1], "PORT=8000");
+	runtime_env_free(env);
+	unsetenv("PATH");
+	env = runtime_env_build(&s, 0, &err);
+	assert_string_equal(env[0], "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+	assert_int_equal(count(env), 1);
+	runtime_env_free(env);
+	s.env = SL("PATH=/mine");
+	env = runtime_env_build(&s, 0, &err);
+	assert_string_equal(env[0], "PATH=/mine");
+	assert_int_equal(count(env), 1);
+	runtime_env_free(env);
+	s.runtime = RUNTIME_DOCKER;
+	s.env = SL("A=1");
+	env = runtime_env_build(&s, 0, &err);
+	assert_int_equal(count(env), 1);
+	runtime_env_free(env);
+	if (saved != NULL)
+		setenv("PATH", saved, 1);
+	free(saved);
+}
+
 static void test_required_env(void **state)
 {
 	(void)state;
@@ -153,6 +187,7 @@ int main(void)
 		cmocka_unit_test(test_env_file_format),
 		cmocka_unit_test(test_no_env_file_no_port),
 		cmocka_unit_test(test_required_env),
+		cmocka_unit_test(test_exec_path),
 		cmocka_unit_test(test_errors),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
