@@ -243,6 +243,23 @@ const struct snap_route *snapshot_route(const struct snapshot *s,
 	return NULL;
 }
 
+const struct snap_route *snapshot_route_slash(const struct snapshot *s,
+	const char *host, size_t host_len, const char *path, size_t path_len)
+{
+	if (path_len == 0 || path[path_len - 1] == '/')
+		return NULL;
+	for (size_t i = 0; i < s->n_routes; i++) {
+		const struct snap_route *r = &s->routes[i];
+		if (r->prefix_len != path_len + 1 || r->prefix[path_len] != '/' ||
+		    memcmp(r->prefix, path, path_len) != 0)
+			continue;
+		if (r->host && !(host && host_matches(r->host, host, host_len)))
+			continue;
+		return r;
+	}
+	return NULL;
+}
+
 const struct snap_static *snapshot_static(const struct snapshot *s,
 	const char *path, size_t path_len)
 {

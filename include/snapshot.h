@@ -126,6 +126,11 @@ int snapshot_add_listener(snapshot_listener_fn fn, void *arg);
  * equals `host` (case-insensitive, port ignored). Returns the route or NULL. */
 const struct snap_route *snapshot_route(const struct snapshot *s,
 	const char *host, size_t host_len, const char *path, size_t path_len);
+/* A route whose prefix is path plus '/' ("/admin/" for "/admin"), or
+ * NULL: pmd answers such a request with a 308 to the slash form, like nginx
+ * does for a location ending in '/'. Host matched as by snapshot_route. */
+const struct snap_route *snapshot_route_slash(const struct snapshot *s,
+	const char *host, size_t host_len, const char *path, size_t path_len);
 /* The [static] answering `path`: a file whose path equals it, else the
  * folder with the longest prefix of it, or NULL. */
 const struct snap_static *snapshot_static(const struct snapshot *s,

@@ -1150,6 +1150,27 @@ static void conn_redirect(struct conn *c, const struct http_request *req)
 	free(loc);
 }
 
+/* "/admin" when the route is "/admin/": 308 to "/admin/" (query kept), a
+ * relative Location so that scheme and host stay what the client used. */
+static void conn_slash_redirect(struct conn *c, const struct http_request *req)
+{
+	const char *tg, *q;
+	size_t tgn, cap;
+	origin_form(req->target, req->target_len, &tg, &tgn);
+	q = memchr(tg, '?', tgn);
+	cap = req->path_len + (q ? tgn - (size_t)(q - tg) : 0) + 32;
+	char *loc = malloc(cap);
+	if (!loc) {
+		conn_error(c, 500, "out of memory", true);
+		return;
+	}
+	int n = snprintf(loc, cap, "Location: %.*s/%.*s\r\n", (int)req->path_len, req->path,
+			 q ? (int)(tgn - (size_t)(q - tg)) : 0, q ? q : "");
+	static const char body[] = "308 Permanent Redirect: the route ends in /\n";
+	conn_local(c, 308, n > 0 ? loc : NULL, NULL, body, sizeof(body) - 1, false);
+	free(loc);
+}
+
 /* Queue the next piece of a file body: file segments (sendfile) on plain
  * sockets, bounded reads on TLS, up to HIGH_WATER in the output; the
  * client's write callback (LOW_WATER) asks for more. The request ends
@@ -1300,6 +1321,12 @@ static void conn_request(struct conn *c, const struct http_request *req)
 	}
 	const struct snap_static *st = snapshot_static(s, req->path, req->path_len);
 	const struct snap_route *rt = snapshot_route(s, req->host, req->host_len, req->path, req->path_len);
+	/* "/admin" with a route "/admin/" and nothing matching it as long */
+	if (!(st && (st->file || st->path_len >= req->path_len)) && (!rt || rt->prefix_len < req->path_len) &&
+	    snapshot_route_slash(s, req->host, req->host_len, req->path, req->path_len)) {
+		conn_slash_redirect(c, req);
+		return;
+	}
 	/* a folder yields to a route with a longer prefix */
 	if (st && (st->file || !rt || rt->prefix_len <= st->path_len) && conn_static(c, req, st))
 		return;

@@ -138,6 +138,28 @@ def test_routing_by_prefix(pmd_factory):
         assert http_request(p.http_port, "/index.html").json()["name"] == "web"
 
 
+def test_prefix_with_slash_redirects_the_bare_path(pmd_factory):
+    """A route "/admin/" beside an SPA at "/": "/admin" is sent to
+    "/admin/" with a 308 (query kept), as nginx does for a location ending
+    in "/"; "/administrator" and a route written without the slash are plain
+    prefixes."""
+    with pmdtest.BackendServer("admin") as admin, pmdtest.BackendServer("spa") as spa, \
+            pmdtest.BackendServer("api") as api:
+        p = start_pmd(pmd_factory, [("admin", "/admin/", "admin"), ("spa", "/", "spa"),
+                                    ("api", "/api", "api")],
+                      {"admin": admin.address, "spa": spa.address, "api": api.address})
+        wait_routed(p, "/admin/")
+        wait_routed(p, "/")
+        r = http_request(p.http_port, "/admin")
+        assert r.status == 308 and r.headers["Location"] == "/admin/", (r, r.headers)
+        r = http_request(p.http_port, "/admin?next=/x&a=1", method="POST", body=b"k=v")
+        assert r.status == 308 and r.headers["Location"] == "/admin/?next=/x&a=1", r
+        assert http_request(p.http_port, "/admin/login/").json()["name"] == "admin"
+        assert http_request(p.http_port, "/administrator").json()["name"] == "spa"
+        assert http_request(p.http_port, "/api").json()["name"] == "api"
+        assert http_request(p.http_port, "/api/").json()["name"] == "api"
+
+
 def test_keepalive_reuse_both_sides(pmd_factory):
     with pmdtest.BackendServer() as b:
         p = start_pmd(pmd_factory, [("all", "/", "web")], {"web": b.address})

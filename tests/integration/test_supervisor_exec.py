@@ -359,3 +359,46 @@ def test_old_instance_dying_during_the_drain(pmd_factory, tmp_path):
     assert events[-1]["ok"] is True, events[-1]
     assert p.get("/x").json()["tag"] == "v2"
     assert p.service("app")["state"] == "running"
+
+
+PATH_APP = r'''
+import http.server, os, sys
+print("path=" + os.environ.get("PATH", "<none>"), flush=True)
+print(f"argc={len(sys.argv)}", flush=True)
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+    def log_message(self, *a):
+        pass
+http.server.HTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
+'''
+
+
+def test_long_command_line_and_default_path(pmd_factory, tmp_path):
+    """A 1000+ character `command =` line (over inih's 200-byte buffer) is
+    read whole; an exec instance gets a PATH: pmd's, or a default when pmd
+    has none, unless the service sets one."""
+    app = tmp_path / "pathapp.py"
+    app.write_text(PATH_APP)
+    long_cmd = f"{pmdtest.PYTHON} {app} " + " ".join(["argument"] * 120)
+    assert len(long_cmd) > 1000
+    base = {"runtime": "exec", "health_path": "/", "health_interval": "200ms",
+            "healthy_threshold": 1}
+    sections = {
+        "service a": dict(base, command=long_cmd),
+        "route a": {"prefix": "/", "service": "a"},
+        "service b": dict(base, command=f"{pmdtest.PYTHON} {app}", env="PATH=/opt/mine/bin"),
+        "route b": {"prefix": "/b/", "service": "b"},
+    }
+    p = pmd_factory(sections, env={"PATH": ""})
+    assert max(len(l) for l in p.config_path.read_text().splitlines()) > 1000
+    p.wait_healthy("a")
+    p.wait_healthy("b")
+    p.wait_log(r'msg="app output" service=a color=blue line="argc=121"')
+    p.wait_log(r'msg="app output" service=a color=blue '
+               r'line="path=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"')
+    p.wait_log(r'msg="app output" service=b color=blue line="path=/opt/mine/bin"')
+    r = p.check()
+    assert r.returncode == 0, r.stdout + r.stderr
