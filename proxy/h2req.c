@@ -59,6 +59,8 @@ static int put(struct h2req *r, struct h2buf *b, const void *s, size_t n)
 {
 	if (n > r->max - r->total)
 		return -2;
+	if (!n)
+		return 0;
 	if (b->len + n > b->cap) {
 		size_t cap = b->cap ? b->cap : 256;
 		while (cap < b->len + n)

@@ -11,7 +11,7 @@ FUZZ_CFLAGS  := -std=c11 -Wall -Wextra -Wshadow -Werror -g -O1 \
 	-fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
 	-fno-omit-frame-pointer -D_GNU_SOURCE -Iinclude
 
-HARNESSES := request response chunked
+HARNESSES := request response chunked h2
 # The config harness is written alongside core/config.c; built when present.
 ifneq ($(wildcard tests/fuzz/fuzz_config.c),)
 HARNESSES += config
@@ -25,6 +25,13 @@ $(FUZZ_BUILD)/fuzz_request $(FUZZ_BUILD)/fuzz_response $(FUZZ_BUILD)/fuzz_chunke
 		$(FUZZ_BUILD)/fuzz_%: tests/fuzz/fuzz_%.c proxy/http.c include/http.h
 	@mkdir -p $(dir $@)
 	$(CLANG) $(FUZZ_CFLAGS) -o $@ tests/fuzz/fuzz_$*.c proxy/http.c
+
+# HTTP/2 frames through nghttp2 into h2req, whose heads go through http.c
+H2_PKGS := libnghttp2 libevent_core
+$(FUZZ_BUILD)/fuzz_h2: tests/fuzz/fuzz_h2.c proxy/h2req.c proxy/http.c $(wildcard include/*.h) proxy/proxy_int.h
+	@mkdir -p $(dir $@)
+	$(CLANG) $(FUZZ_CFLAGS) -Iproxy $(shell pkg-config --cflags $(H2_PKGS)) -o $@ \
+		tests/fuzz/fuzz_h2.c proxy/h2req.c proxy/http.c $(shell pkg-config --libs $(H2_PKGS))
 
 CONFIG_SRCS := core/config.c core/log.c
 $(FUZZ_BUILD)/fuzz_config: tests/fuzz/fuzz_config.c $(CONFIG_SRCS) $(wildcard include/*.h)
