@@ -651,3 +651,56 @@ def test_chromium_loads_the_demo_over_h2(tmp_path):
         assert page and all(l.endswith("proto=h2") for l in page), page
     finally:
         p.stop()
+
+
+def test_hold_100_continue_and_idle_timeout(pmd_factory, backend_server):
+    """Over h2 as over HTTP/1.1: a request waits while the service has no
+    live instance and is served once it has one; Expect: 100-continue gets
+    a 100 from pmd before the body is sent; an idle connection is closed
+    with GOAWAY after idle_timeout."""
+    import threading
+    import h2.events
+    backend_server.healthy = False
+    port = pmdtest.free_port()
+    sections = {
+        "proxy": {"https_listen": f"127.0.0.1:{port}", "redirect_https": False,
+                  "idle_timeout": "1s", "hold_timeout": "20s"},
+        "tls": {"mode": "self-signed"},
+        "service backend": {"runtime": "external", "address": backend_server.address,
+                            "health_path": "/api/v1/health/", "health_interval": "1s",
+                            "healthy_threshold": 1},
+        "route all": {"prefix": "/", "service": "backend"},
+    }
+    p = pmd_factory(sections)
+    p.https_port = port
+    res = {}
+    t = threading.Thread(target=lambda: res.update(r=curl(p, "/api/v1/echo?held=1")))
+    t.start()
+    wait_for(lambda: p.status()["proxy"]["held"] >= 1, what="the request held")
+    backend_server.healthy = True
+    t.join(30)
+    ver, code, body = res["r"]
+    assert (ver, code) == ("2", 200) and json.loads(body)["path"] == "/api/v1/echo?held=1"
+
+    s, c = h2conn(port)
+    c.send_headers(1, req_headers(port, "/api/v1/echo", "POST",
+                                  [("content-length", "5"), ("expect", "100-continue")]))
+    s.sendall(c.data_to_send())
+    evs = pump(s, c, lambda e: any(isinstance(x, h2.events.InformationalResponseReceived) for x in e))
+    info = [e for e in evs if isinstance(e, h2.events.InformationalResponseReceived)]
+    assert info and dict(info[0].headers)[":status"] == "100", kinds(evs)
+    c.send_data(1, b"hello", end_stream=True)
+    s.sendall(c.data_to_send())
+    evs = pump(s, c, lambda e: any(isinstance(x, h2.events.StreamEnded) for x in e))
+    resp = [e for e in evs if isinstance(e, h2.events.ResponseReceived)]
+    body = b"".join(e.data for e in evs if isinstance(e, h2.events.DataReceived))
+    assert resp and dict(resp[0].headers)[":status"] == "200" and json.loads(body)["body"] == "hello"
+    # then nothing: GOAWAY after idle_timeout, and the connection ends
+    evs = pump(s, c, lambda e: any(isinstance(x, h2.events.ConnectionTerminated) for x in e), timeout=15)
+    assert any(isinstance(x, h2.events.ConnectionTerminated) and x.error_code == 0 for x in evs), kinds(evs)
+    s.settimeout(5)
+    try:
+        assert s.recv(100) == b""
+    except (ConnectionError, ssl.SSLError):
+        pass
+    s.close()
