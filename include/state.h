@@ -66,7 +66,9 @@ void state_push_previous(struct state_service *ss, const char *image);
 /* Drop `image` from the previous images (it is live again). */
 void state_remove_previous(struct state_service *ss, const char *image);
 /* Remember that an instance ran ref (image id): appended as the newest,
- * replacing an older entry of the same ref; the oldest beyond
+ * replacing an older entry of the same ref and id (a ref re-pulled as
+ * another image, `:latest`, is a new entry: the old image stays known and
+ * prunable); the oldest beyond
  * STATE_MAX_DEPLOYED is forgotten (then never pruned). "" ref is ignored. */
 void state_add_deployed(struct state_service *ss, const char *ref, const char *id);
 /* Forget the entry of ref with that id (pruned or gone). */

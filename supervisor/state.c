@@ -79,7 +79,7 @@ void state_add_deployed(struct state_service *ss, const char *ref, const char *i
 	if (ref[0] == '\0')
 		return;
 	for (size_t i = 0; i < ss->n_deployed; i++)
-		if (strcmp(ss->deployed[i].ref, ref) == 0) {
+		if (strcmp(ss->deployed[i].ref, ref) == 0 && strcmp(ss->deployed[i].id, id) == 0) {
 			memmove(&ss->deployed[i], &ss->deployed[i + 1],
 				(ss->n_deployed - i - 1) * sizeof(ss->deployed[0]));
 			ss->n_deployed--;

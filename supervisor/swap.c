@@ -203,9 +203,10 @@ static void pruned(void *arg, int ok, const char *err, const struct rt_image *im
 	free(pa);
 }
 
-/* keep_images: the live image and the newest previous ones stay; of the
- * rest, only images that instances of the service ran (state's deployed
- * list) are removed. */
+/* keep_images: the live image and the newest previous ones stay (by name:
+ * the newest image that ran under it); of the rest, only images that
+ * instances of the service ran (state's deployed list) are removed, also
+ * an older image of a name that was pulled again (`:latest`). */
 static void prune(struct swap_item *it)
 {
 	struct service *svc = it->svc;
@@ -225,6 +226,8 @@ static void prune(struct swap_item *it)
 
 		for (size_t k = 0; k < n_keep && !kept; k++)
 			kept = strcmp(ss->deployed[d].ref, keep[k]) == 0;
+		for (size_t later = d + 1; kept && later < ss->n_deployed; later++)
+			kept = strcmp(ss->deployed[later].ref, ss->deployed[d].ref) != 0;
 		if (kept)
 			continue;
 		memset(&victims[n], 0, sizeof(victims[n]));

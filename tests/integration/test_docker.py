@@ -437,6 +437,13 @@ def test_keep_images_prunes_only_images_the_service_ran(pmd_factory):
         st = json.loads((p.dir / "state" / "state.json").read_text())
         assert st["services"]["app"]["deployed_images"] == [
             {"ref": f"{repo}:2", "id": ids["2"]}], st
+        # :2 loaded again as another image (a moving tag): the old one goes by ID
+        new2 = local_images(repo, ("2",))["2"]
+        assert new2 != ids["2"] and image_present(ids["2"])
+        assert swap(p, "app", f"{repo}:2")[1]["ok"] is True
+        assert live(p, "app")["image"] == f"{repo}:2"
+        wait_for(lambda: not image_present(ids["2"]), 20, what="the old image of :2 pruned")
+        assert image_present(f"{repo}:2") and image_present(f"{repo}:bad")
     finally:
         for t in ("0", "1", "2", "bad"):
             docker("rmi", "-f", f"{repo}:{t}", check=False)

@@ -119,14 +119,17 @@ static void test_deployed_images(void **unused)
 	(void)unused;
 	state_add_deployed(ss, "r/app:1", "sha256:1");
 	state_add_deployed(ss, "r/app:2", "sha256:2");
-	state_add_deployed(ss, "r/app:1", "sha256:1b");
+	state_add_deployed(ss, "r/app:1", "sha256:1");        /* again: moves to the end */
+	state_add_deployed(ss, "r/app:1", "sha256:1b");       /* pulled again: a new image */
 	state_add_deployed(ss, "", "sha256:x");
-	assert_int_equal(ss->n_deployed, 2);
+	assert_int_equal(ss->n_deployed, 3);
 	assert_string_equal(ss->deployed[0].ref, "r/app:2");
 	assert_string_equal(ss->deployed[1].ref, "r/app:1");
-	assert_string_equal(ss->deployed[1].id, "sha256:1b");
-	state_remove_deployed(ss, "r/app:1", "sha256:1");     /* other id: stays */
+	assert_string_equal(ss->deployed[1].id, "sha256:1");
+	assert_string_equal(ss->deployed[2].id, "sha256:1b");
+	state_remove_deployed(ss, "r/app:1", "sha256:1");
 	assert_int_equal(ss->n_deployed, 2);
+	assert_string_equal(ss->deployed[1].id, "sha256:1b");
 
 	doc = state_to_json(st);
 	back = state_from_json(doc, &err);
