@@ -1172,14 +1172,14 @@ static void conn_slash_redirect(struct conn *c, const struct http_request *req)
 }
 
 /* Queue the next piece of a file body: file segments (sendfile) on plain
- * sockets, bounded reads on TLS, up to HIGH_WATER in the output; the
+ * sockets, bounded reads on TLS, up to out_high in the output; the
  * client's write callback (LOW_WATER) asks for more. The request ends
  * once the last byte is queued. */
 static void file_pump(struct conn *c)
 {
 	struct evbuffer *out = io_out(&c->io);
 	size_t have = evbuffer_get_length(out);
-	while (c->fbody.left && have < HIGH_WATER) {
+	while (c->fbody.left && have < c->out_high) {
 		int64_t n = c->io.sendfile ? static_body_segment(&c->fbody, out, FILE_SEGMENT)
 			: static_body_read(&c->fbody, out, FILE_READ);
 		if (n <= 0) {

@@ -704,3 +704,31 @@ def test_hold_100_continue_and_idle_timeout(pmd_factory, backend_server):
     except (ConnectionError, ssl.SSLError):
         pass
     s.close()
+
+
+def test_static_folder_over_h2(pmd_factory, origin, tmp_path):
+    """A [static] folder is served to h2 clients (read into the stream, no
+    sendfile on a memory io), whole, with its validators."""
+    import hashlib
+    d = tmp_path / "www"
+    d.mkdir()
+    blob = os.urandom(3 << 20)
+    (d / "big.bin").write_bytes(blob)
+    port = pmdtest.free_port()
+    p = pmd_factory({
+        "proxy": {"https_listen": f"127.0.0.1:{port}", "redirect_https": False},
+        "tls": {"mode": "self-signed"},
+        "static files": {"path": "/files/", "dir": str(d)},
+        "service backend": {"runtime": "external", "address": origin.address,
+                            "health_path": "/api/v1/health/", "health_interval": "1s",
+                            "healthy_threshold": 1},
+        "route all": {"prefix": "/", "service": "backend"},
+    })
+    p.https_port = port
+    ver, code, body = curl(p, "/files/big.bin")
+    assert (ver, code) == ("2", 200)
+    assert hashlib.sha256(body).digest() == hashlib.sha256(blob).digest()
+    r = subprocess.run(["curl", "-sk", "--http2", "-I", f"https://127.0.0.1:{port}/files/big.bin"],
+                       capture_output=True, timeout=30)
+    assert r.stdout.startswith(b"HTTP/2 200") and b"etag:" in r.stdout.lower(), r.stdout
+    assert not [t for t in origin.seen if t.startswith("/files")]
