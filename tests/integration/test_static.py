@@ -17,6 +17,8 @@ import socket
 import ssl
 import subprocess
 
+import pytest
+
 import pmdtest
 
 SECRET = b"TOP-SECRET-OUTSIDE-THE-FOLDER"
@@ -392,3 +394,38 @@ def test_check_and_reload_refuse_missing_folder(pmd_factory, tmp_path):
     assert r.returncode == 1 and f":{line}: [static django] file: {root} is a folder" in r.stderr, r.stderr
     p.config_path.write_text(good)
     assert p.pmctl("reload").returncode == 0
+
+
+# A launcher that makes openat2(2) fail with ENOSYS (a seccomp filter, as an
+# old kernel or an old Docker seccomp profile would), then runs pmd.
+NO_OPENAT2 = r'''
+import ctypes, os, struct, sys
+ld, jeq, ret = 0x20, 0x15, 0x06
+prog = [(ld, 0, 0, 4), (jeq, 0, 3, 0xc000003e),          # x86_64 only
+        (ld, 0, 0, 0), (jeq, 0, 1, 437),                  # __NR_openat2
+        (ret, 0, 0, 0x00050000 | 38), (ret, 0, 0, 0x7fff0000)]  # ENOSYS, else allow
+buf = ctypes.create_string_buffer(b"".join(struct.pack("HBBI", *i) for i in prog))
+fprog = struct.pack("HxxxxxxP", len(prog), ctypes.addressof(buf))
+libc = ctypes.CDLL(None, use_errno=True)
+assert libc.prctl(38, 1, 0, 0, 0) == 0                    # PR_SET_NO_NEW_PRIVS
+assert libc.prctl(22, 2, ctypes.c_char_p(fprog), 0, 0) == 0  # PR_SET_SECCOMP, FILTER
+os.execv(sys.argv[1], sys.argv[1:])
+'''
+
+
+def test_without_openat2_every_symlink_is_refused(pmd_factory, tmp_path, monkeypatch):
+    if os.uname().machine != "x86_64":
+        pytest.skip("the seccomp filter is written for x86_64")
+    launcher = tmp_path / "pmd-no-openat2"
+    launcher.write_text(f"#!/bin/sh\nexec /usr/bin/python3 -c '{NO_OPENAT2}' {pmdtest.PMD} \"$@\"\n")
+    launcher.chmod(0o755)
+    monkeypatch.setattr(pmdtest, "PMD", str(launcher))
+    p, root = static_pmd(pmd_factory, tmp_path)
+    r = p.get("/static/admin/css/base.css")
+    assert r.status == 200 and r.body == (root / "admin/css/base.css").read_bytes()
+    p.wait_log(r"openat2 is not available")
+    for target in (b"/static/admin-link/css/base.css", b"/static/abs-link.txt", b"/static/rel-link.txt",
+                   b"/static/%2e%2e/secret.txt", b"/static/../secret.txt"):
+        resp = raw(p.http_port, b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert status_of(resp) in (400, 404) and SECRET not in resp, target
+    assert p.get("/static/big.bin").body == BIG
