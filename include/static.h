@@ -87,7 +87,8 @@ struct static_reply {
 /* Answer `rq` from static `st` of snapshot `snap` (its generation keys the
  * cache). Returns 1 with *out filled (call static_body_release on
  * out->body once done), or 0: not answered, route the request (a folder
- * with fallback = route has no such file). Never blocks on more than the
+ * with fallback = route has no such file, or the method is not GET or
+ * HEAD). Never blocks on more than the
  * open/fstat of a cache miss. */
 int static_serve(struct static_cache *c, const struct snapshot *snap, const struct snap_static *st,
 	const struct static_req *rq, struct static_reply *out);

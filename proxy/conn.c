@@ -11,7 +11,7 @@
  *   CS_PROXY  forwarded: request body streams client -> upstream, response
  *             head parsed, body streams upstream -> client
  *   CS_FILE   a [static] file body is being queued (file_pump), a piece per
- *             write turn; idle_timeout without progress
+ *             write turn; idle_timeout without the client taking a byte
  *   CS_TUNNEL after a 101: bytes both ways until a side closes
  *   CS_LINGER answer written; half-close, discard input, then free
  *
@@ -110,6 +110,7 @@ struct conn {
 	uint64_t bytes_in, bytes_out;
 	struct body rq, rs;
 	struct static_body fbody;      /* CS_FILE: the rest of the file to queue */
+	size_t fmark;                  /* CS_FILE: output length when last looked at */
 	char method[16];
 	char rid[40];
 	char target[128];
@@ -1172,9 +1173,11 @@ static void conn_slash_redirect(struct conn *c, const struct http_request *req)
 }
 
 /* Queue the next piece of a file body: file segments (sendfile) on plain
- * sockets, bounded reads on TLS, up to out_high in the output; the
- * client's write callback (LOW_WATER) asks for more. The request ends
- * once the last byte is queued. */
+ * sockets, bounded reads on TLS and HTTP/2, up to out_high in the output;
+ * the client's write callback (its low watermark) asks for more. The
+ * request ends once the last byte is queued and the output is down to the
+ * low watermark, so a slow reader is timed by its progress (fmark,
+ * T_ACTIVITY) and not by idle_timeout between requests. */
 static void file_pump(struct conn *c)
 {
 	struct evbuffer *out = io_out(&c->io);
@@ -1190,10 +1193,12 @@ static void file_pump(struct conn *c)
 		c->bytes_out += (uint64_t)n;
 		have += (size_t)n;
 	}
+	c->fmark = have;
 	c->last_ms = worker_now_ms(c->w);
 	if (c->fbody.left == 0) {
-		static_body_release(&c->fbody);
-		conn_next(c);
+		static_body_release(&c->fbody);   /* queued segments hold the file */
+		if (have <= c->io.wr_low)
+			conn_next(c);
 	}
 }
 
@@ -1885,6 +1890,11 @@ static void conn_timer_fire(struct conn *c)
 		}
 		if (c->state == CS_PROXY && !c->res_head_done && !c->req_done) {
 			conn_error(c, 408, "request body not received in time", true);
+			return;
+		}
+		if (c->state == CS_FILE && evbuffer_get_length(io_out(&c->io)) < c->fmark) {
+			c->fmark = evbuffer_get_length(io_out(&c->io));   /* the client reads: slowly */
+			timer_activity(c, c->act_ms);
 			return;
 		}
 		if (c->state == CS_PROXY && c->res_head_done) {

@@ -157,14 +157,20 @@ static int io_write_out(struct io *io, bool callbacks)
 			wr_arm(io, false);
 		return 0;
 	}
+	errno = 0;
 	int n = io->ssl ? tls_write(io) : evbuffer_write(io->out, io->fd);
 	if (n > 0 && io->sendfile && evbuffer_get_length(io->out)) {
+		errno = 0;
 		int m = evbuffer_write(io->out, io->fd);   /* the file segment after a head */
 		n = m > 0 ? n + m : n;
 	}
-	if (n == 0 && len) {         /* sendfile at the end of a file that shrank */
+	/* libevent reports a blocked sendfile as 0 with errno EAGAIN; 0 without
+	 * it is sendfile at the end of a file that shrank: an error, not a
+	 * write to retry forever */
+	if (n == 0 && len) {
 		n = -1;
-		errno = EIO;
+		if (errno != EAGAIN && errno != EINTR)
+			errno = EIO;
 	}
 	if (n < 0 && errno != EAGAIN && errno != EINTR) {
 		wr_arm(io, false);

@@ -661,6 +661,8 @@ int static_serve(struct static_cache *c, const struct snapshot *snap, const stru
 	memset(out, 0, sizeof(*out));
 	bool head = method_is(rq, "HEAD");
 	if (!head && !method_is(rq, "GET")) {
+		if (st->fallback)
+			return 0;        /* files are read-only: a POST is for the routes */
 		add_hdr(out, "Allow", "allow", "GET, HEAD");
 		return reply_text(out, 405, "405 Method Not Allowed: static file, use GET or HEAD\n");
 	}

@@ -15,6 +15,7 @@ import http.client
 import os
 import socket
 import ssl
+import time
 import subprocess
 
 import pytest
@@ -299,6 +300,8 @@ def test_fallback_and_longest_prefix(pmd_factory, tmp_path):
         assert r.json()["name"] == "backend"
         r = p.get("/static/admin/")                    # a folder: the frontend's too
         assert r.json()["name"] == "frontend"
+        r = p.request("POST", "/static/admin/css/base.css", body=b"x")   # files are read-only
+        assert r.status == 200 and r.json()["name"] == "frontend" and r.json()["method"] == "POST"
 
     # without fallback a missing file is a 404 of pmd's own
     p2, _ = static_pmd(pmd_factory, tmp_path / "two")
@@ -429,3 +432,29 @@ def test_without_openat2_every_symlink_is_refused(pmd_factory, tmp_path, monkeyp
         resp = raw(p.http_port, b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         assert status_of(resp) in (400, 404) and SECRET not in resp, target
     assert p.get("/static/big.bin").body == BIG
+
+
+def test_slow_reader_gets_the_whole_file(pmd_factory, tmp_path):
+    """A client that reads slowly but steadily is not cut by idle_timeout:
+    what counts is that it takes bytes, not that pmd queues new ones."""
+    root = tmp_path / "www"
+    root.mkdir()
+    data = os.urandom(6 << 20)
+    (root / "big.bin").write_bytes(data)
+    p = pmd_factory({"proxy": {"idle_timeout": "300ms"}, "static s": {"path": "/s/", "dir": str(root)}})
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    s.settimeout(10)
+    s.connect(("127.0.0.1", p.http_port))
+    s.sendall(b"GET /s/big.bin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    got = b""
+    deadline = time.monotonic() + 60          # bounded: ~3 MB/s for 6 MiB is ~2 s
+    while time.monotonic() < deadline:
+        b = s.recv(32768)
+        if not b:
+            break
+        got += b
+        time.sleep(0.01)
+    s.close()
+    head, _, body = got.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and len(body) == len(data) and body == data, (head, len(body))
