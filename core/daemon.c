@@ -404,6 +404,7 @@ cJSON *pmd_status_json(struct pmd *d)
 	cJSON_AddNumberToObject(px, "upstream_errors", (double)st.upstream_errors);
 	cJSON_AddNumberToObject(px, "held", (double)st.held);
 	cJSON_AddNumberToObject(px, "tls_handshakes", (double)st.tls_handshakes);
+	cJSON_AddNumberToObject(px, "drain_timeouts", (double)st.drain_timeouts);
 	cJSON_AddNumberToObject(px, "h2_connections", (double)st.h2_connections);
 	cJSON_AddNumberToObject(px, "h2_streams_total", (double)st.h2_streams_total);
 	cJSON_AddNumberToObject(px, "workers", d->cfg->workers);

@@ -42,6 +42,7 @@ struct proxy_stats {
 	uint64_t upstream_errors;    /* 502 + 504 */
 	uint64_t held;               /* requests held waiting for an instance */
 	uint64_t tls_handshakes;
+	uint64_t drain_timeouts;     /* requests an instance stopped at the end of a drain did not finish */
 	uint64_t h2_connections;     /* open HTTP/2 client connections now */
 	uint64_t h2_connections_total, h2_streams_total;
 };

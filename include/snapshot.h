@@ -31,6 +31,8 @@ struct backend {
 	atomic_ulong requests;          /* total requests sent */
 	atomic_int draining;            /* no new requests; finish in-flight */
 	atomic_int close_tunnels;       /* end of drain: close WebSockets (1012) */
+	atomic_int drain_over;          /* end of drain: the instance was told to stop; a
+	                                 * request it does not finish ends as drain_timeout */
 };
 
 /* NULL on allocation failure or an unparsable address ("host:port",

@@ -1465,12 +1465,30 @@ static void conn_cut(struct conn *c)
 	conn_free(c);
 }
 
+/* The request's instance was told to stop at the end of a swap's drain
+ * (drain_over) and did not finish it: pmd's decision, logged and counted
+ * as such (reason=drain_timeout). */
+static bool conn_drain_cut(struct conn *c)
+{
+	if (!c->be || !atomic_load_explicit(&c->be->drain_over, memory_order_relaxed))
+		return false;
+	c->reason = "drain_timeout";
+	STAT_ADD(c->w, drain_timeouts, 1);
+	return true;
+}
+
 static void conn_upstream_fail(struct conn *c, int status, const char *why)
 {
+	bool drained = conn_drain_cut(c);
 	if (c->res_head_done) {      /* too late for an answer: cut it */
-		STAT_ADD(c->w, upstream_errors, 1);
+		if (!drained)
+			STAT_ADD(c->w, upstream_errors, 1);
 		conn_cut(c);
 		return;
+	}
+	if (drained) {
+		status = 503;
+		why = "the instance was stopped at the end of its drain (drain_timeout)";
 	}
 	conn_error(c, status, why, !c->req_done);
 }
@@ -1684,8 +1702,7 @@ static void up_event(struct io *io, short what, void *arg)
 			c->up_reusable = false;
 			conn_response_done(c);
 		} else {
-			STAT_ADD(c->w, upstream_errors, 1);
-			conn_cut(c);
+			conn_upstream_fail(c, 502, "upstream closed the connection mid-response");
 		}
 		return;
 	}
@@ -2105,14 +2122,10 @@ void conn_tick(struct worker *w)
 			c->tls_busy = 0;         /* quiet at this tick: small again */
 			io_keep_buffers(&c->io, false);
 		}
-		if (!c->be || !atomic_load_explicit(&c->be->close_tunnels, memory_order_relaxed))
-			continue;
-		if (c->state == CS_TUNNEL)
+		/* requests go on: the instance is stopping and may finish them */
+		if (c->state == CS_TUNNEL && c->be &&
+		    atomic_load_explicit(&c->be->close_tunnels, memory_order_relaxed))
 			tunnel_close(c, 1012);
-		else if (c->state == CS_PROXY && c->res_head_done)
-			conn_cut(c);
-		else if (c->state == CS_PROXY)
-			conn_linger(c);
 	}
 	worker_flush(w);
 }

@@ -670,6 +670,7 @@ void proxy_get_stats(struct proxy *p, struct proxy_stats *out)
 		SUM(upstream_errors);
 		SUM(held);
 		SUM(tls_handshakes);
+		SUM(drain_timeouts);
 		SUM(h2_connections);
 		SUM(h2_connections_total);
 		SUM(h2_streams_total);

@@ -29,6 +29,7 @@ struct wstats {
 	_Atomic long inflight;           /* requests and tunnels in progress */
 	_Atomic uint64_t h2_connections, h2_connections_total, h2_streams_total;
 	_Atomic long tunnels;            /* client connections in CS_TUNNEL */
+	_Atomic uint64_t drain_timeouts; /* requests ended because their instance was stopped */
 };
 
 /* Per-worker, per-route request counters (same single-writer rule).
@@ -258,7 +259,7 @@ void conn_end(struct conn *c);
 void conn_accept(struct worker *w, int fd, const struct sockaddr *sa, int salen, bool tls);
 /* New snapshot: retry held requests, drop idle upstreams of stale backends. */
 void conn_on_snapshot(struct worker *w);
-/* Periodic: idle upstream expiry, close tunnels of drained backends,
+/* Periodic: idle upstream expiry, close tunnels (1012) of drained backends,
  * abandon requests to draining backends whose client sent EOF. */
 void conn_tick(struct worker *w);
 /* Stop accepting: idle keep-alive client connections close after a short

@@ -101,6 +101,8 @@ static void proxy_metrics(struct proxy *p, struct evbuffer *out)
 	counter(out, "pmd_upstream_errors_total", "Upstream failures answered 502 or 504.", st.upstream_errors);
 	counter(out, "pmd_held_requests_total", "Requests held waiting for a live instance.", st.held);
 	counter(out, "pmd_tls_handshakes_total", "TLS handshakes completed.", st.tls_handshakes);
+	counter(out, "pmd_proxy_drain_timeouts_total",
+		"Requests ended because their instance was stopped at the end of a drain.", st.drain_timeouts);
 	family(out, "pmd_proxy_h2_connections", "gauge", "HTTP/2 client connections open now.");
 	evbuffer_add_printf(out, "pmd_proxy_h2_connections %" PRIu64 "\n", st.h2_connections);
 	counter(out, "pmd_proxy_h2_connections_total", "HTTP/2 client connections (ALPN h2).",

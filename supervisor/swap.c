@@ -316,12 +316,15 @@ static void drain_poll(struct swap *w)
 		return;
 	}
 	if (n > 0) {
-		/* end of the drain: WebSockets and streams get their close
-		 * (1012) rather than a cut */
+		/* end of the drain: WebSockets get their close (1012) rather
+		 * than a cut; requests keep being relayed while the instance
+		 * stops (SIGTERM, then stop_timeout): most servers finish them */
 		log_warn("drain timeout, stopping with requests in flight inflight=%ld", n);
 		for (size_t i = 0; i < w->n; i++)
-			if (w->items[i].old != NULL && w->items[i].old->be != NULL)
+			if (w->items[i].old != NULL && w->items[i].old->be != NULL) {
 				atomic_store(&w->items[i].old->be->close_tunnels, 1);
+				atomic_store(&w->items[i].old->be->drain_over, 1);
+			}
 	}
 	w->phase = SWP_GRACE;
 	arm_ms(w->tick, TUNNEL_GRACE_MS);

@@ -7,13 +7,15 @@ served it.
 /api/v1/version          {"version"}
 /api/v1/echo  (POST)     {"version", "len", "body"} (Content-Length or chunked body)
 /api/v1/stream?n=N&ms=M  chunked, N lines "VERSION I\\n", one every M ms
+/api/v1/slow?ms=M        {"version"} after M ms
 /api/v1/ws               WebSocket: each text frame is answered "VERSION:TEXT"
 anything else            {"version", "path"}
 
 APP_CRASH=1: exit 3 at start, before listening. `zdapp.py release` is the
 release command: sleeps APP_RELEASE_SLEEP seconds, exits APP_RELEASE_EXIT.
-SIGTERM: stop listening, let requests in progress finish (up to 5 s; idle
-keep-alive connections do not wait), exit 0.
+SIGTERM: stop listening, let requests in progress finish (up to
+APP_STOP_GRACE seconds, default 5; idle keep-alive connections do not
+wait), exit 0.
 """
 import base64
 import hashlib
@@ -93,6 +95,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return self.reply(200, {"version": VERSION})
         if url.path == "/api/v1/stream":
             return self.stream(int(q.get("n", "10")), int(q.get("ms", "100")))
+        if url.path == "/api/v1/slow":
+            time.sleep(int(q.get("ms", "1000")) / 1000)
+            return self.reply(200, {"version": VERSION})
         if url.path == "/api/v1/ws" and self.headers.get("Upgrade", "").lower() == "websocket":
             return self.websocket()
         return self.reply(200, {"version": VERSION, "path": self.path})
@@ -169,7 +174,7 @@ def main():
     srv.server_close()
     # Requests in progress run on daemon threads: let them finish (idle
     # keep-alive connections do not count).
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + float(os.environ.get("APP_STOP_GRACE", "5"))
     while BUSY[0] > 0 and time.monotonic() < deadline:
         time.sleep(0.05)
     print(f"app {VERSION}: stopped", flush=True)

@@ -60,6 +60,19 @@ def wait_for(pred, timeout=10.0, interval=0.05, what="condition"):
         time.sleep(interval)
 
 
+def in_threads(calls, meanwhile=None, timeout=30.0):
+    """Run each (fn, args) of calls in a thread of its own, meanwhile() (if
+    given) in this one, then wait for the threads. Returns meanwhile's value."""
+    threads = [threading.Thread(target=fn, args=args) for fn, args in calls]
+    for t in threads:
+        t.start()
+    try:
+        return meanwhile() if meanwhile is not None else None
+    finally:
+        for t in threads:
+            t.join(timeout)
+
+
 class Response:
     """status, reason, headers (http.client.HTTPMessage), body (bytes)."""
 

@@ -7,9 +7,9 @@ one stream with an event every 2 s under a 1 s response timeout must arrive
 whole; one that goes quiet for longer than the idle timeout is cut (the
 chunked body never ends) and its access log line names the reason."""
 import socket
-import threading
 import time
 
+from pmdtest import in_threads
 from test_proxy import RawServer, recv_until, start_pmd
 
 EVERY_S = 2.0
@@ -44,12 +44,8 @@ def test_sse_outlives_response_timeout_idle_timeout_cuts(pmd_factory):
                       upstream_response_timeout="1s", upstream_idle_timeout="3s")
         p.wait_healthy("web")
         slow, quiet = {}, {}
-        threads = [threading.Thread(target=read_stream, args=(p.http_port, "/events", slow)),
-                   threading.Thread(target=read_stream, args=(p.http_port, "/quiet", quiet))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(20)
+        in_threads([(read_stream, (p.http_port, "/events", slow)),
+                    (read_stream, (p.http_port, "/quiet", quiet))])
         # events 2 s apart under a 1 s response timeout: all three, then the end
         assert slow["data"].startswith(b"HTTP/1.1 200"), slow["data"][:200]
         for i in range(3):
