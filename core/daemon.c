@@ -374,6 +374,8 @@ cJSON *pmd_status_json(struct pmd *d)
 	cJSON_AddStringToObject(root, "lb_health_path", d->cfg->lb_health_path);
 	cJSON *svcs = d->sup ? supervisor_status_json(d->sup) : cJSON_CreateObject();
 	cJSON_AddItemToObject(root, "services", svcs);
+	if (d->sup)
+		cJSON_AddItemToObject(root, "state_file", supervisor_state_file_json(d->sup));
 	/* the image in pmd.ini (`image` is the one swapped in): pmctl --ssh
 	 * allows swaps within its repository only */
 	for (size_t i = 0; i < d->cfg->n_services; i++) {

@@ -69,6 +69,7 @@ struct rt_found {
 	char id[80], name[96], service[64], color[8], image[512];
 	int host_port;
 	bool running;
+	long created;            /* unix seconds */
 };
 typedef void (*rt_list_fn)(void *arg, int ok, const char *err, struct rt_found *found, size_t n);
 

@@ -85,9 +85,13 @@ struct state *state_from_json(const struct cJSON *doc, char **errp);
 
 /* Load `path`. Returns 0 with *out, 1 when the file does not exist (*out
  * empty state), -1 when it cannot be read or is corrupt (*errp says why
- * and where; *out is an empty state to rebuild). */
+ * and where; *out is an empty state to rebuild), 2 when it is missing or
+ * unusable (*errp says why) and *out was loaded from the copy `path`.prev
+ * instead. */
 int state_load(const char *path, struct state **out, char **errp);
-/* Write atomically (mode 0600). 0 / -1 with *errp. */
+/* Write `path`.prev, then `path`, each atomically (mode 0600): a
+ * truncated or lost state.json leaves a complete copy beside it.
+ * 0 / -1 with *errp. */
 int state_save(const struct state *st, const char *path, char **errp);
 
 #endif

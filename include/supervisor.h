@@ -42,6 +42,9 @@ int supervisor_fill_snapshot(struct supervisor *s, struct snapshot *snap);
 
 /* The "services" object of /status (SPEC.md "Control API"). Caller frees. */
 struct cJSON *supervisor_status_json(struct supervisor *s);
+/* The "state_file" object of /status: {path, saved, error, failures}
+ * (saved false while writes of state.json fail and are retried). */
+struct cJSON *supervisor_state_file_json(struct supervisor *s);
 /* Prometheus lines for services (restarts, health, swaps). Appends to buf
  * (an evbuffer). */
 void supervisor_metrics(struct supervisor *s, void *evbuffer);

@@ -759,6 +759,7 @@ int docker_parse_list(const char *json, struct docker_container **outp, size_t *
 		if (!d->image[0] && (v = json_str(c, "Image")))
 			snprintf(d->image, sizeof(d->image), "%s", v);
 		d->running = (v = json_str(c, "State")) && strcmp(v, "running") == 0;
+		d->created = (long)cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(c, "Created"));
 		cJSON_ArrayForEach(p, cJSON_GetObjectItemCaseSensitive(c, "Ports")) {
 			const char *ip = json_str(p, "IP");
 			double pub = cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(p, "PublicPort"));

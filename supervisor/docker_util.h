@@ -127,6 +127,7 @@ struct docker_container {
 	bool managed, running, oom, tty;
 	int exit_code;
 	int host_port;              /* pmd.port label, else the 127.0.0.1 binding */
+	long created;               /* list: unix seconds */
 };
 
 /* GET /containers/ID/json; container_port picks the bridge binding

@@ -1391,6 +1391,7 @@ static void listed(struct op *op, const struct httpc_response *res)
 		snprintf(f[k].image, sizeof(f[k].image), "%s", c[i].image);
 		f[k].host_port = c[i].host_port;
 		f[k].running = c[i].running;
+		f[k].created = c[i].created;
 		k++;
 	}
 	if (!f) {

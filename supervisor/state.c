@@ -338,7 +338,9 @@ fail:
 	return NULL;
 }
 
-int state_load(const char *path, struct state **out, char **errp)
+/* One file: 0 with *out, 1 absent, -1 unreadable or corrupt (*errp).
+ * *out is an empty state unless 0 (NULL only on allocation failure). */
+static int load_one(const char *path, struct state **out, char **errp)
 {
 	char *text = NULL, *err = NULL;
 	cJSON *doc = NULL;
@@ -373,8 +375,31 @@ out:
 	return st == NULL ? -1 : rc;
 }
 
+int state_load(const char *path, struct state **out, char **errp)
+{
+	char prev[4096], *perr = NULL;
+	struct state *alt = NULL;
+	int rc = load_one(path, out, errp);
+
+	if (rc == 0 || *out == NULL)
+		return rc;
+	snprintf(prev, sizeof(prev), "%s.prev", path);
+	if (load_one(prev, &alt, &perr) == 0) {
+		if (rc > 0)
+			seterr(errp, "%s: no such file", path);
+		state_free(*out);
+		*out = alt;
+		rc = 2;
+	} else {
+		state_free(alt);
+	}
+	free(perr);
+	return rc;
+}
+
 int state_save(const struct state *st, const char *path, char **errp)
 {
+	char prev[4096];
 	cJSON *doc = state_to_json(st);
 	char *text = doc != NULL ? cJSON_Print(doc) : NULL;
 	int rc = -1;
@@ -383,6 +408,14 @@ int state_save(const struct state *st, const char *path, char **errp)
 		seterr(errp, "write %s: out of memory", path);
 		goto out;
 	}
+	/* the copy first: whichever write a crash or a full disk interrupts,
+	 * one complete file survives */
+	if (snprintf(prev, sizeof(prev), "%s.prev", path) >= (int)sizeof(prev)) {
+		seterr(errp, "write %s: path too long", path);
+		goto out;
+	}
+	if (fs_write_atomic(prev, text, strlen(text), 0600, errp) < 0)
+		goto out;
 	rc = fs_write_atomic(path, text, strlen(text), 0600, errp);
 out:
 	free(text);

@@ -93,7 +93,7 @@ const char *sup_health_host(const struct supervisor *s, const struct svc_conf *c
 
 void sup_persist(struct supervisor *s)
 {
-	char path[1024], *err = NULL;
+	char *err = NULL;
 
 	for (size_t i = 0; i < s->n; i++) {
 		struct service *svc = s->svcs[i];
@@ -110,10 +110,37 @@ void sup_persist(struct supervisor *s)
 		snprintf(ss->instance_id, sizeof(ss->instance_id), "%s",
 			svc->live != NULL ? svc->live->rt->id : "");
 	}
-	snprintf(path, sizeof(path), "%s/state.json", s->cfg->state_dir);
-	if (state_save(s->state, path, &err) < 0)
-		log_error("state not saved error=%s", log_q(err));
+	if (sup_state_write(s, s->state, &err) == 0) {
+		if (s->persist_failures > 0)
+			log_info("state saved again after failed writes failures=%u", s->persist_failures);
+		s->persist_failures = 0;
+		s->persist_error[0] = '\0';
+		evtimer_del(s->persist_timer);
+	} else {
+		uint64_t delay = backoff_delay_ms(++s->persist_failures);
+
+		s->persist_failures_total++;
+		snprintf(s->persist_error, sizeof(s->persist_error), "%s", err != NULL ? err : "write failed");
+		log_error("state not saved, retrying attempt=%u in_ms=%llu error=%s", s->persist_failures,
+			(unsigned long long)delay, log_q(s->persist_error));
+		arm(s->persist_timer, delay);
+	}
 	free(err);
+}
+
+int sup_state_write(struct supervisor *s, const struct state *st, char **errp)
+{
+	char path[1024];
+
+	snprintf(path, sizeof(path), "%s/state.json", s->cfg->state_dir);
+	return state_save(st, path, errp);
+}
+
+static void persist_retry_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	sup_persist(arg);
 }
 
 void sup_note_deployed(const struct instance *inst)
@@ -863,7 +890,8 @@ struct supervisor *supervisor_new(struct event_base *base, struct httpc *httpc,
 {
 	struct supervisor *s = calloc(1, sizeof(*s));
 
-	if (s == NULL || (s->state = state_new()) == NULL)
+	if (s == NULL || (s->state = state_new()) == NULL ||
+	    (s->persist_timer = evtimer_new(base, persist_retry_cb, s)) == NULL)
 		goto fail;
 	s->base = base;
 	s->httpc = httpc;
@@ -943,13 +971,17 @@ static struct instance *inst_found(struct service *svc, const struct rt_found *f
 }
 
 /* Pick the instance to adopt for svc among found: the colour state.json
- * names, or without a state the only running one. */
+ * names, or without a state the only running one. When the colour
+ * state.json names is not running but another instance is, that one went
+ * live after the last write of state.json (a swap whose record was lost):
+ * it is adopted (the newest), never removed as a stray. */
 static const struct rt_found *pick_adoptee(struct supervisor *s, struct service *svc,
 	const struct rt_found *found, size_t n)
 {
 	struct state_service *ss = state_service(s->state, svc->name, false);
-	const struct rt_found *pick = NULL;
+	const struct rt_found *pick = NULL, *newest = NULL;
 	size_t running = 0;
+	bool named = ss != NULL && ss->color[0] != '\0';
 
 	for (size_t i = 0; i < n; i++) {
 		const struct rt_found *f = &found[i];
@@ -958,16 +990,25 @@ static const struct rt_found *pick_adoptee(struct supervisor *s, struct service 
 		    (strcmp(f->color, "blue") != 0 && strcmp(f->color, "green") != 0))
 			continue;
 		running++;
-		if (ss != NULL && ss->color[0] != '\0') {
+		if (newest == NULL || f->created > newest->created)
+			newest = f;
+		if (named) {
 			if (strcmp(f->color, ss->color) == 0)
 				pick = f;
 		} else if (pick == NULL) {
 			pick = f;
 		}
 	}
-	if (running > 1 && (ss == NULL || ss->color[0] == '\0'))
+	if (running > 1 && !named)
 		log_warn("several running instances and no state, adopting one service=%s color=%s",
 			svc->name, pick->color);
+	if (pick == NULL && newest != NULL) {
+		log_warn("adopting an instance state.json does not name service=%s color=%s id=%s "
+			"image=%s reason=\"the colour state.json names (%s) is not running: this one "
+			"went live after state.json was last written\"", svc->name, newest->color,
+			newest->id, log_q(newest->image), ss->color);
+		pick = newest;
+	}
 	return pick;
 }
 
@@ -975,6 +1016,7 @@ static void adopt_service(struct supervisor *s, struct service *svc, const struc
 	size_t n)
 {
 	const struct rt_found *pick = pick_adoptee(s, svc, found, n);
+	struct state_service *ss;
 
 	for (size_t i = 0; i < n; i++) {
 		struct instance *inst;
@@ -1001,6 +1043,12 @@ static void adopt_service(struct supervisor *s, struct service *svc, const struc
 	if (svc->live == NULL)
 		return;
 	svc->live->adopted = true;
+	ss = state_service(s->state, svc->name, false);
+	if (ss != NULL && ss->image[0] != '\0' && strcmp(ss->image, pick->image) != 0) {
+		/* the unrecorded swap: what state.json named was before it */
+		state_push_previous(ss, ss->image);
+		state_remove_previous(ss, pick->image);
+	}
 	snprintf(svc->image, sizeof(svc->image), "%s", pick->image);
 	snprintf(svc->color, sizeof(svc->color), "%s", pick->color);
 	svc_set_state(svc, SVC_STARTING, "adopting the running instance");
@@ -1044,6 +1092,9 @@ int supervisor_start(struct supervisor *s, char **errp)
 	rc = state_load(path, &s->state, &err);
 	if (rc < 0)
 		log_error("state file unusable, rebuilding it from what runs error=%s", log_q(err));
+	else if (rc == 2)
+		log_warn("state file unusable, using its copy path=%s.prev error=%s", log_q(path),
+			log_q(err));
 	else if (rc > 0)
 		log_info("no state file yet path=%s", log_q(path));
 	free(err);
@@ -1197,6 +1248,8 @@ void supervisor_free(struct supervisor *s)
 		svc_free(s->svcs[i]);
 	free(s->svcs);
 	state_free(s->state);
+	if (s->persist_timer != NULL)
+		event_free(s->persist_timer);
 	free(s);
 }
 
@@ -1319,6 +1372,22 @@ static cJSON *service_json(struct supervisor *s, struct service *svc)
 	return o;
 }
 
+cJSON *supervisor_state_file_json(struct supervisor *s)
+{
+	cJSON *o = cJSON_CreateObject();
+	char path[1024];
+
+	snprintf(path, sizeof(path), "%s/state.json", s->cfg->state_dir);
+	cJSON_AddStringToObject(o, "path", path);
+	cJSON_AddBoolToObject(o, "saved", s->persist_error[0] == '\0');
+	if (s->persist_error[0] != '\0')
+		cJSON_AddStringToObject(o, "error", s->persist_error);
+	else
+		cJSON_AddNullToObject(o, "error");
+	cJSON_AddNumberToObject(o, "failures", (double)s->persist_failures);
+	return o;
+}
+
 cJSON *supervisor_status_json(struct supervisor *s)
 {
 	cJSON *o = cJSON_CreateObject();
@@ -1350,6 +1419,11 @@ void supervisor_metrics(struct supervisor *s, void *evbuffer)
 		if (s->svcs[i]->conf != NULL)
 			evbuffer_add_printf(b, "pmd_restarts_total{service=\"%s\"} %lu\n",
 				s->svcs[i]->name, s->svcs[i]->restarts);
+	evbuffer_add_printf(b, "# HELP pmd_state_saved 1 when the last write of state.json "
+		"succeeded.\n# TYPE pmd_state_saved gauge\npmd_state_saved %d\n"
+		"# HELP pmd_state_save_failures_total Failed writes of state.json.\n"
+		"# TYPE pmd_state_save_failures_total counter\npmd_state_save_failures_total %lu\n",
+		s->persist_error[0] == '\0', s->persist_failures_total);
 	evbuffer_add_printf(b, "# HELP pmd_swaps_total Swaps by result.\n"
 		"# TYPE pmd_swaps_total counter\n");
 	for (size_t i = 0; i < s->n; i++) {

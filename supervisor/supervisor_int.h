@@ -103,6 +103,10 @@ struct supervisor {
 	size_t n;
 	struct state *state;
 	struct swap *swaps;           /* running swaps (swap.c's list) */
+	struct event *persist_timer;  /* state.json not written: next attempt */
+	unsigned persist_failures;    /* consecutive failed writes */
+	unsigned long persist_failures_total;
+	char persist_error[512];      /* why the last write failed; "" when saved */
 	bool started, shutting_down;
 };
 
@@ -110,8 +114,12 @@ struct supervisor {
 
 struct service *sup_service(struct supervisor *s, const char *name);
 void sup_changed(struct supervisor *s);
-/* Record live image/colour/id of every service in state.json. */
+/* Record live image/colour/id of every service in state.json. A failed
+ * write is logged, shown in /status (state_file) and metrics, and retried
+ * with backoff until a write succeeds. */
 void sup_persist(struct supervisor *s);
+/* Write st as state_dir/state.json (and its .prev copy). 0 / -1 with *errp. */
+int sup_state_write(struct supervisor *s, const struct state *st, char **errp);
 /* Remember in the state (saved with the next sup_persist) that inst runs
  * its image: keep_images prunes only images so recorded. */
 void sup_note_deployed(const struct instance *inst);

@@ -465,15 +465,60 @@ static void swap_fail(struct swap *w, struct swap_item *it, const char *error,
 	maybe_finish_abort(w);
 }
 
+/* Write state.json as it will be after the switch (each service on its
+ * candidate, the old image first of the previous ones), before anything
+ * is switched: a swap that cannot be recorded does not go live (a pmd
+ * restart would not know the new instance). 0 / -1 with *errp. */
+static int persist_before_switch(struct swap *w, char **errp)
+{
+	struct state after = { .n = w->s->state->n };
+	int rc = -1;
+
+	after.svcs = malloc((after.n > 0 ? after.n : 1) * sizeof(*after.svcs));
+	if (after.svcs == NULL) {
+		*errp = strdup("out of memory");
+		return -1;
+	}
+	memcpy(after.svcs, w->s->state->svcs, after.n * sizeof(*after.svcs));
+	for (size_t i = 0; i < w->n; i++) {
+		struct swap_item *it = &w->items[i];
+		struct state_service *ss = state_service(&after, it->svc->name, true);
+
+		if (ss == NULL) {
+			*errp = strdup("out of memory");
+			goto out;
+		}
+		snprintf(ss->image, sizeof(ss->image), "%s", it->image);
+		snprintf(ss->color, sizeof(ss->color), "%s", it->cand->rt->color);
+		snprintf(ss->instance_id, sizeof(ss->instance_id), "%s", it->cand->rt->id);
+		if (strcmp(it->old_image, it->image) != 0) {
+			state_push_previous(ss, it->old_image);
+			state_remove_previous(ss, it->image);
+		}
+	}
+	rc = sup_state_write(w->s, &after, errp);
+out:
+	free(after.svcs);
+	return rc;
+}
+
 static void item_ready(struct swap_item *it)
 {
 	struct swap *w = it->w;
+	char *err = NULL, msg[800];
 
 	it->phase = IT_READY;
 	evtimer_del(it->deadline);
 	for (size_t i = 0; i < w->n; i++)
 		if (w->items[i].phase != IT_READY)
 			return;
+	if (persist_before_switch(w, &err) < 0) {
+		snprintf(msg, sizeof(msg), "state.json cannot be written, not switched (the live "
+			"instances keep serving): %s", err != NULL ? err : "write failed");
+		free(err);
+		swap_fail(w, NULL, msg, NULL);
+		return;
+	}
 	switch_all(w);
 }
 

@@ -4,8 +4,11 @@ state.json — against the real pmd, apps in python3's standard library."""
 import json
 import os
 import signal
+import subprocess
 import threading
 import time
+
+import pytest
 
 import pmdtest
 
@@ -226,6 +229,65 @@ def test_health_status_range_is_configurable(pmd_factory, tmp_path):
     p.wait_log(r'line="health check proto=None"')
 
 
+def test_truncated_state_keeps_previous_image(pmd_factory, tmp_path):
+    """state.json cut short: its copy state.json.prev still knows the live
+    and the previous image (rollback still possible)."""
+    sections = app_sections(tmp_path)
+    p = pmd_factory(sections)
+    p.wait_healthy("app")
+    st, events = p.control_stream("POST", "/services/app/swap", {"image": "v2"})
+    assert events[-1]["ok"] is True, events
+    p.stop()
+    path = tmp_path / "pmd0" / "state" / "state.json"
+    os.truncate(path, path.stat().st_size // 2)
+    p2 = pmd_factory(sections, start=False, name="pmd0")
+    p2.start()
+    svc = p2.wait_healthy("app")
+    p2.wait_log(r'msg="state file unusable, using its copy"')
+    assert svc["image"] == "v2" and svc["previous_image"] == "v1", svc
+    assert json.loads(path.read_text())["services"]["app"]["previous_images"] == ["v1"]
+
+
+def test_unwritable_state_dir_fails_the_swap_before_the_switch(pmd_factory, tmp_path):
+    """state_dir on a full tmpfs: the swap is not switched (exit 1 with the
+    reason, the live instance serves on); the failed writes are retried,
+    shown in /status and metrics, and recover once there is room."""
+    p = pmd_factory(app_sections(tmp_path), start=False)
+    os.makedirs(p.state_dir)
+    mnt = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", p.state_dir],
+                         capture_output=True, text=True)
+    if mnt.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {mnt.stderr.strip()}")
+    try:
+        p.start()
+        p.wait_healthy("app")
+        fill = os.path.join(p.state_dir, "fill")
+        subprocess.run(["dd", "if=/dev/zero", f"of={fill}", "bs=4k"], capture_output=True)
+        r = p.pmctl("swap", "app", "v2")
+        assert r.returncode == 1, (r.stdout, r.stderr)
+        assert "state.json cannot be written, not switched" in r.stderr, r.stderr
+        assert "No space left on device" in r.stderr, r.stderr
+        svc = p.service("app")
+        assert svc["image"] == "v1" and p.get("/x").json()["tag"] == "v1"
+        assert [i["role"] for i in svc["instances"]] == ["live"], svc
+        sf = p.status()["state_file"]
+        assert sf["saved"] is False and "No space left" in sf["error"], sf
+        metrics = p.control("GET", "/metrics").text
+        assert "pmd_state_saved 0" in metrics, metrics
+        p.wait_log(r'msg="state not saved, retrying" attempt=1')
+        os.unlink(fill)
+        pmdtest.wait_for(lambda: p.status()["state_file"]["saved"], 10, what="state saved again")
+        p.wait_log(r'msg="state saved again after failed writes"')
+        r = p.pmctl("swap", "app", "v2")
+        assert r.returncode == 0, (r.stdout, r.stderr)
+        p.stop()
+        state = json.loads(open(os.path.join(p.state_dir, "state.json")).read())
+        assert state["services"]["app"]["image"] == "v2"
+    finally:
+        p.stop(check=False)
+        subprocess.run(["umount", p.state_dir], check=True)
+
+
 def test_state_survives_restart_and_corrupt_state(pmd_factory, tmp_path):
     sections = app_sections(tmp_path)
     p = pmd_factory(sections)
@@ -240,7 +302,8 @@ def test_state_survives_restart_and_corrupt_state(pmd_factory, tmp_path):
     assert p2.get("/x").json()["tag"] == "v2"   # the swapped image, from state.json
     p2.stop()
 
-    (tmp_path / "pmd0" / "state" / "state.json").write_text("{not json")
+    for name in ("state.json", "state.json.prev"):   # no good copy left
+        (tmp_path / "pmd0" / "state" / name).write_text("{not json")
     p3 = pmd_factory(sections, start=False, name="pmd0")
     p3.start()
     p3.wait_healthy("app")

@@ -418,3 +418,36 @@ def test_failed_removals_are_retried_and_shown(pmd_factory, tmp_path, dk):
         assert p.service("web")["image"] == dk["PMD_TEST_IMAGE_FRONTEND_V2"]
     finally:
         eng.close()
+
+
+def test_instance_newer_than_state_is_adopted(pmd_factory, tmp_path, dk):
+    """A swap went live but state.json still names the old colour (it
+    could not be written; an older pmd reported the swap done anyway): at
+    the next start the running new instance is adopted, not removed as a
+    stray with the old image started again."""
+    sections = one("web", web_conf(dk))
+    p = pmd_factory(sections)
+    p.wait_healthy("web", 60)
+    state_dir = tmp_path / "pmd0" / "state"
+    before = {n: (state_dir / n).read_text() for n in ("state.json", "state.json.prev")
+              if (state_dir / n).exists()}
+    code, res, events = swap(p, "web", dk["PMD_TEST_IMAGE_FRONTEND_V2"])
+    assert res["ok"] is True, events
+    green = [i for i in p.service("web")["instances"] if i["role"] == "live"][0]
+    assert green["color"] == "green"
+    p.stop()
+    for n, text in before.items():     # the swap's record is lost
+        (state_dir / n).write_text(text)
+    assert json.loads(before["state.json"])["services"]["web"]["color"] == "blue"
+
+    p2 = pmd_factory(sections, start=False, name="pmd0")
+    p2.start()
+    svc = p2.wait_healthy("web", 30)
+    p2.wait_log(r'msg="adopting an instance state.json does not name" service=web color=green')
+    assert svc["image"] == dk["PMD_TEST_IMAGE_FRONTEND_V2"], svc
+    assert svc["previous_image"] == dk["PMD_TEST_IMAGE_FRONTEND"], svc
+    assert [(i["id"], i["role"]) for i in svc["instances"]] == [(green["id"], "live")], svc
+    assert containers("pm-web-green") == ["running"] and containers("pm-web-blue") == []
+    assert "removing stray instance" not in p2.log_text()
+    wait_for(lambda: json.loads((state_dir / "state.json").read_text())
+             ["services"]["web"]["color"] == "green", 10, what="state.json records green")

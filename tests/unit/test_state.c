@@ -31,7 +31,11 @@ static int setup(void **st)
 
 static int teardown(void **st)
 {
+	char prev[160];
+
 	(void)st;
+	snprintf(prev, sizeof(prev), "%s.prev", path);
+	unlink(prev);
 	unlink(path);
 	rmdir(dir);
 	return 0;
@@ -225,6 +229,39 @@ static void test_corrupt(void **unused)
 		" \"history\": [{\"kind\": \"swap\"}]}}}", "services.backend.history[0].image");
 }
 
+/* state.json cut short (a full disk, a crash of something else): the
+ * copy beside it still has the previous images. */
+static void test_truncated_falls_back_to_prev(void **unused)
+{
+	struct state *st = state_new(), *back = NULL;
+	struct state_service *ss = state_service(st, "backend", true);
+	char *err = NULL;
+
+	(void)unused;
+	snprintf(ss->image, sizeof(ss->image), "reg/app:v2");
+	state_push_previous(ss, "reg/app:v1");
+	assert_int_equal(state_save(st, path, &err), 0);
+	assert_int_equal(truncate(path, 20), 0);
+	assert_int_equal(state_load(path, &back, &err), 2);
+	assert_non_null(err);
+	assert_non_null(strstr(err, "not valid JSON"));
+	ss = state_service(back, "backend", false);
+	assert_non_null(ss);
+	assert_string_equal(ss->image, "reg/app:v2");
+	assert_int_equal(ss->n_previous, 1);
+	assert_string_equal(ss->previous[0], "reg/app:v1");
+	state_free(back);
+	free(err);
+	err = NULL;
+	/* lost altogether: the copy too */
+	assert_int_equal(unlink(path), 0);
+	assert_int_equal(state_load(path, &back, &err), 2);
+	assert_int_equal(back->n, 1);
+	state_free(back);
+	free(err);
+	state_free(st);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -234,6 +271,7 @@ int main(void)
 		cmocka_unit_test(test_deployed_images),
 		cmocka_unit_test_setup_teardown(test_missing_file, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_corrupt, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_truncated_falls_back_to_prev, setup, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
