@@ -229,15 +229,20 @@ def test_health_status_range_is_configurable(pmd_factory, tmp_path):
     p.wait_log(r'line="health check proto=None"')
 
 
-def test_truncated_state_keeps_previous_image(pmd_factory, tmp_path):
-    """state.json cut short: its copy state.json.prev still knows the live
-    and the previous image (rollback still possible)."""
-    sections = app_sections(tmp_path)
+def swapped_to_v2_and_stopped(pmd_factory, sections):
+    """A first pmd (pmd0) that swapped app from v1 to v2, stopped."""
     p = pmd_factory(sections)
     p.wait_healthy("app")
     st, events = p.control_stream("POST", "/services/app/swap", {"image": "v2"})
     assert events[-1]["ok"] is True, events
     p.stop()
+
+
+def test_truncated_state_keeps_previous_image(pmd_factory, tmp_path):
+    """state.json cut short: its copy state.json.prev still knows the live
+    and the previous image (rollback still possible)."""
+    sections = app_sections(tmp_path)
+    swapped_to_v2_and_stopped(pmd_factory, sections)
     path = tmp_path / "pmd0" / "state" / "state.json"
     os.truncate(path, path.stat().st_size // 2)
     p2 = pmd_factory(sections, start=False, name="pmd0")
@@ -290,11 +295,7 @@ def test_unwritable_state_dir_fails_the_swap_before_the_switch(pmd_factory, tmp_
 
 def test_state_survives_restart_and_corrupt_state(pmd_factory, tmp_path):
     sections = app_sections(tmp_path)
-    p = pmd_factory(sections)
-    p.wait_healthy("app")
-    st, events = p.control_stream("POST", "/services/app/swap", {"image": "v2"})
-    assert events[-1]["ok"] is True, events
-    p.stop()
+    swapped_to_v2_and_stopped(pmd_factory, sections)
 
     p2 = pmd_factory(sections, start=False, name="pmd0")
     p2.start()
