@@ -105,7 +105,7 @@ install: all
 	chmod 0644 $(DESTDIR)$(PREFIX)/lib/systemd/system/pmd.service
 	install -m 0644 conf/pmd.socket $(DESTDIR)$(PREFIX)/lib/systemd/system/pmd.socket
 	install -m 0644 conf/pmd.ini conf/uat.ini conf/dev.ini conf/cloud-init.yaml \
-		conf/deploy.yml conf/authorized_keys.example $(DESTDIR)$(PREFIX)/share/doc/pmd/examples/
+		conf/deploy.yml conf/release.yml conf/authorized_keys.example $(DESTDIR)$(PREFIX)/share/doc/pmd/examples/
 
 # Source tarball of what git tracks at HEAD: builds with `make` on a fresh
 # machine (after `make deps`).

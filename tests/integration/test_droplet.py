@@ -495,15 +495,22 @@ def test_cloud_init_contents(tmp_path):
     deploy = [u for u in doc["users"] if isinstance(u, dict) and u["name"] == "deploy"][0]
     assert "deploy" in deploy["groups"]
     for key in deploy["ssh_authorized_keys"]:
-        assert key.startswith('restrict,command="/usr/local/bin/pmctl --ssh" '), key
+        assert key.startswith('restrict,command="/usr/bin/pmctl --ssh" '), key
     assert "docker.io" in doc["packages"] and "ufw" in doc["packages"]
+    # the droplet gets the .deb, no compiler
+    assert not {"build-essential", "gcc", "make", "libssl-dev"} & set(doc["packages"]), doc["packages"]
     cmds = [" ".join(c) if isinstance(c, list) else c for c in doc["runcmd"]]
     allowed = sorted(c.split()[-1] for c in cmds if c.startswith("ufw allow"))
     assert allowed == ["22/tcp", "443/tcp", "80/tcp"]
     assert "ufw default deny incoming" in cmds and "ufw --force enable" in cmds
     assert "systemctl enable --now docker" in cmds
     assert cmds[-1] == "systemctl enable --now pmd"
-    assert any("make install" in c for c in cmds)
+    install = [c for c in cmds if c.startswith("env DEBIAN_FRONTEND=noninteractive apt-get install -y")]
+    assert len(install) == 1 and "--force-confold" in install[0] and install[0].endswith(".deb"), cmds
+    fetch = [c for c in cmds if c.startswith("curl -fsSL -o ")]
+    assert fetch and fetch[0].split()[3] == install[0].split()[-1], cmds
+    assert cmds.index(fetch[0]) < cmds.index(install[0]) < cmds.index("systemctl enable --now pmd")
+    assert not any("make" in c.split() for c in cmds)
     # the config it writes passes `pmd check` (its [static] paths made here)
     ini = tmp_path / "pmd.ini"
     ini.write_text(mirror_static_paths(files["/etc/pmd/pmd.ini"]["content"], tmp_path / "root"))
@@ -515,7 +522,7 @@ def test_cloud_init_contents(tmp_path):
 def test_authorized_keys_example():
     lines = [l for l in open(os.path.join(CONF, "authorized_keys.example"))
              if l.strip() and not l.startswith("#")]
-    assert lines and all(l.startswith('restrict,command="/usr/local/bin/pmctl --ssh" ssh-') for l in lines)
+    assert lines and all(l.startswith('restrict,command="/usr/bin/pmctl --ssh" ssh-') for l in lines)
 
 
 def test_deploy_workflow():
@@ -531,6 +538,31 @@ def test_deploy_workflow():
     for tag in ('$ENV-$sha', '$ENV-latest'):
         assert tag in script
     assert re.search(r"ssh deploy@.+? pmctl swap \\\n\s+backend \S+ \\\n\s+frontend \S+", script), script
+
+
+def test_release_workflow():
+    """conf/release.yml: on a tag, make deb on the oldest Ubuntu, lintian,
+    an install on the newest, then the .deb as a release asset."""
+    yaml = pytest.importorskip("yaml")
+    with open(os.path.join(CONF, "release.yml")) as f:
+        wf = yaml.safe_load(f)
+    on = wf.get("on", wf.get(True))
+    assert on == {"push": {"tags": ["v*"]}}
+    jobs = wf["jobs"]
+    assert jobs["build"]["runs-on"] == "ubuntu-22.04" and jobs["install-test"]["runs-on"] == "ubuntu-24.04"
+    run = {name: "\n".join(s.get("run", "") for s in job["steps"]) for name, job in jobs.items()}
+    assert "make deb" in run["build"] and "lintian" in run["build"]
+    for pkg in ("debhelper", "dpkg-dev", "fakeroot", "libcurl4-openssl-dev", "libnghttp2-dev"):
+        assert pkg in run["build"], pkg
+    assert "apt-get install -y ./pmd_" in run["install-test"] and "pmd version" in run["install-test"]
+    assert jobs["publish"]["needs"] == ["build", "install-test"]
+    assert jobs["publish"]["permissions"] == {"contents": "write"}
+    assert 'gh release create "$GITHUB_REF_NAME" pmd_*_amd64.deb' in run["publish"]
+
+
+def test_debian_changelog_version_is_VERSION():
+    first = open(os.path.join(REPO, "debian", "changelog")).readline()
+    assert first.startswith(f"pmd ({VERSION}) "), first
 
 
 # -- systemd unit and make install -------------------------------------------------
@@ -553,7 +585,7 @@ EXPECTED_TREE = {
     "lib/systemd/system/pmd.socket": 0o644,
     "share/doc/pmd/examples/pmd.ini": 0o644, "share/doc/pmd/examples/uat.ini": 0o644,
     "share/doc/pmd/examples/dev.ini": 0o644, "share/doc/pmd/examples/cloud-init.yaml": 0o644,
-    "share/doc/pmd/examples/deploy.yml": 0o644,
+    "share/doc/pmd/examples/deploy.yml": 0o644, "share/doc/pmd/examples/release.yml": 0o644,
     "share/doc/pmd/examples/authorized_keys.example": 0o644,
 }
 
