@@ -213,4 +213,8 @@ def test_maintainer_scripts_never_touch_containers(debs, tmp_path):
     prerm = scripts["prerm"]
     assert 'deb-systemd-invoke stop' in prerm and '"$1" = remove' in prerm, prerm
     # the upgrade restarts a running pmd after the new files are in place
-    assert "_dh_action=restart" in scripts["postinst"]
+    postinst = scripts["postinst"]
+    assert "_dh_action=restart" in postinst and "deb-systemd-invoke $_dh_action 'pmd.service'" in postinst
+    # ... but never pmd.socket, which holds the listeners across that restart
+    assert "pmd.socket" in postinst
+    assert not re.search(r"(restart|_dh_action)\S* 'pmd.socket'", postinst), postinst
