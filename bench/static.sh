@@ -99,7 +99,7 @@ pids_of() { case $1 in nginx) echo "$NGX_MASTER $(pgrep -P "$NGX_MASTER" | tr '\
 cpu_ticks() { local s=0; for p in $1; do s=$((s + $(awk '{print $14+$15}' /proc/$p/stat))); done; echo $s; }
 HZ=$(getconf CLK_TCK)
 
-declare -A RPS P50 P99 CPU MBS
+declare -A RPS P50 P99 CPU MBS ERR
 run_one() { # target size plain|tls
 	local tgt=$1 size=$2 mode=$3 port key=$1,$2,$3 pids t0 t1 out reqs
 	case $tgt,$mode in pmd,plain) port=$P_PMD;; nginx,plain) port=$P_NGX;; pmd,tls) port=$S_PMD;; nginx,tls) port=$S_NGX;; esac
@@ -115,6 +115,8 @@ run_one() { # target size plain|tls
 	P50[$key]="${P50[$key]:-} $(awk '$1=="50%"{print $2}' <<<"$out")"
 	P99[$key]="${P99[$key]:-} $(awk '$1=="99%"{print $2}' <<<"$out")"
 	CPU[$key]="${CPU[$key]:-} $(awk -v d=$((t1 - t0)) -v hz="$HZ" -v n="$reqs" 'BEGIN{printf "%.2f", d*1e6/hz/n}')"
+	# socket errors and non-2xx answers, summed over the rounds
+	ERR[$key]=$(( ${ERR[$key]:-0} + $(awk '/Socket errors/{gsub(",",""); s+=$4+$6+$8+$10} /Non-2xx/{s+=$NF} END{print s+0}' <<<"$out") ))
 }
 
 echo "# pmd static bench: wrk -t2 -c$CONNS -d${DURATION}s, $ROUNDS round(s), interleaved" >&2
@@ -132,13 +134,13 @@ done
 med() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END{if(NR==0){print "-"} else if(NR%2){print a[(NR+1)/2]} else {printf "%.2f\n",(a[NR/2]+a[NR/2+1])/2}}'; }
 lat_ms() { tr ' ' '\n' | grep -v '^$' | awk '{v=$1; if(v~/us$/){sub("us","",v); v/=1000} else if(v~/ms$/){sub("ms","",v)} else if(v~/s$/){sub("s","",v); v*=1000}; print v}' | med; }
 
-printf '\n%-6s %-4s %-6s %10s %8s %9s %9s %12s\n' target size scheme "req/s" "MB/s" "p50 ms" "p99 ms" "cpu us/req"
+printf '\n%-6s %-4s %-6s %10s %8s %9s %9s %12s %7s\n' target size scheme "req/s" "MB/s" "p50 ms" "p99 ms" "cpu us/req" errors
 for size in 4k 1m; do
 	for mode in plain tls; do
 		for tgt in pmd nginx; do
 			k=$tgt,$size,$mode
-			printf '%-6s %-4s %-6s %10s %8s %9s %9s %12s\n' "$tgt" "$size" "$mode" "$(med <<<"${RPS[$k]}")" \
-				"$(med <<<"${MBS[$k]}")" "$(lat_ms <<<"${P50[$k]}")" "$(lat_ms <<<"${P99[$k]}")" "$(med <<<"${CPU[$k]}")"
+			printf '%-6s %-4s %-6s %10s %8s %9s %9s %12s %7s\n' "$tgt" "$size" "$mode" "$(med <<<"${RPS[$k]}")" \
+				"$(med <<<"${MBS[$k]}")" "$(lat_ms <<<"${P50[$k]}")" "$(lat_ms <<<"${P99[$k]}")" "$(med <<<"${CPU[$k]}")" "${ERR[$k]}"
 		done
 	done
 done
