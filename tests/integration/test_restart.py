@@ -60,10 +60,10 @@ def _gone(pid, timeout):
     return False
 
 
-def run_restarts(p, mode, restarts, load_kw, gap=1.0):
-    """Start p (a pmdtest.Pmd not started), run the load, restart pmd
-    `restarts` times `gap` s apart, stop the load. Returns (load, pid of
-    the pmd serving at the end)."""
+def run_restarts(p, mode, restarts, load_kw, gap=1.0, service="web", versions=("1",)):
+    """Start p (a pmdtest.Pmd not started), run the load (answers must name
+    one of `versions`), restart pmd `restarts` times `gap` s apart, stop the
+    load. Returns (load, pid of the pmd serving at the end)."""
     listener = None
     if mode == "activation":
         listener = socket.socket()
@@ -73,9 +73,9 @@ def run_restarts(p, mode, restarts, load_kw, gap=1.0):
         p.wrapper = [pmdtest.PYTHON, "-c", WRAP, str(listener.fileno())]
         p.pass_fds = (listener.fileno(),)
     p.start()
-    p.wait_healthy("web")
+    p.wait_healthy(service, timeout=60)
     pid = p.proc.pid
-    load = Load(p.http_port, {"1"}, **load_kw).start()
+    load = Load(p.http_port, set(versions), **load_kw).start()
     try:
         for _ in range(restarts):
             time.sleep(gap)
@@ -142,6 +142,47 @@ def test_handover_under_load(pmd_factory):
         assert p.get("/api/v1/version").status == 200
     finally:
         stop_pid(p, pid)
+
+
+DOCKER_ENV = ("PMD_TEST_DOCKER_SOCKET", "PMD_TEST_REGISTRY_AUTH_FILE", "PMD_TEST_IMAGE_ZD")
+
+
+def handover_containers():
+    out = pmdtest.docker("ps", "-aq", "--no-trunc", "--filter", "label=pmd.service=handover",
+                         check=False).stdout
+    return out.split()
+
+
+@pytest.mark.skipif(any(not os.environ.get(n) for n in DOCKER_ENV),
+                    reason="needs the test dockerd, registry and images (tests/services.sh)")
+def test_handover_docker_keeps_the_container(pmd_factory):
+    """The production case: the new pmd adopts the running container (no
+    restart of it, no second one) and no request fails."""
+    for c in handover_containers():
+        pmdtest.docker("rm", "-f", c, check=False)
+    p = pmd_factory({"service handover": {
+        "runtime": "docker", "image": os.environ["PMD_TEST_IMAGE_ZD"] + ":1", "network": "host",
+        "port": pmdtest.free_port(), "pull": "missing",
+        "registry_auth_file": os.environ["PMD_TEST_REGISTRY_AUTH_FILE"],
+        "health_path": "/api/v1/health/", "health_interval": "250ms", "healthy_threshold": 2,
+        "start_timeout": "20s", "drain_timeout": "10s", "stop_timeout": "5s"},
+        "route all": {"prefix": "/", "service": "handover"}}, start=False)
+    try:
+        load, pid = run_restarts(p, "handover", 2, dict(LOAD, stream=None), service="handover")
+        try:
+            s = load.summary()
+            assert s["failed"] == 0, load.failures[:10]
+            assert 1001 in s["ws_closes"], s
+            ids = handover_containers()
+            assert len(ids) == 1, ids
+            log = p.log_text()
+            assert log.count('msg="instance adopted" service=handover') == 2, p.log_tail()
+            assert log.count('msg="instance starting" service=handover') == 1, p.log_tail()
+        finally:
+            stop_pid(p, pid)
+    finally:
+        for c in handover_containers():
+            pmdtest.docker("rm", "-f", c, check=False)
 
 
 def test_socket_activation_restart_under_load(pmd_factory):
