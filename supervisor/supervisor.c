@@ -227,14 +227,14 @@ struct instance *inst_new(struct service *svc, const char *image, const char *co
 	return inst;
 }
 
-/* Keep the output of inst (gone) among the service's last few instances;
- * the ring moves over. */
+/* Keep the output of inst (gone) among the service's last few instances
+ * (drained, replaced, crashed, failed candidates); the ring moves over. */
 static void retain(struct service *svc, struct instance *inst)
 {
 	struct retained *r;
 
-	if (inst->rt->id[0] == '\0' || inst->rt->logs == NULL)
-		return;
+	if (inst->rt->id[0] == '\0' || inst->rt->logs == NULL || !(inst->started || inst->exited))
+		return;   /* never ran under this pmd (a stray removed at start) */
 	if (svc->n_retained == SVC_RETAINED)
 		logring_free(svc->retained[--svc->n_retained].logs);
 	memmove(&svc->retained[1], &svc->retained[0], svc->n_retained * sizeof(svc->retained[0]));
