@@ -51,9 +51,7 @@ void supervisor_metrics(struct supervisor *s, void *evbuffer);
 
 /* Swaps ------------------------------------------------------------------ */
 
-/* SWAP_ADOPT is internal: at start, a running instance newer than
- * state.json is gated and switched to like a candidate. */
-enum swap_kind { SWAP_IMAGE = 0, SWAP_ROLLBACK, SWAP_RESTART, SWAP_ADOPT };
+enum swap_kind { SWAP_IMAGE = 0, SWAP_ROLLBACK, SWAP_RESTART };
 
 /* Progress events: one JSON object each, e.g. {"event":"pull","service":
  * "backend","detail":"..."}; the final result {"ok":true|false,"error":...,

@@ -14,7 +14,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -934,19 +933,6 @@ static void adopted_cb(void *arg, int ok, const char *err)
 	struct instance *inst = arg;
 	struct service *svc = inst->svc;
 
-	if (inst->gate != NULL) {
-		/* a newer instance than state.json, gated (adopt_newer) */
-		if (ok) {
-			inst->started = true;
-			inst->be = backend_new(svc->name, inst->rt->color, inst->rt->addr);
-			health_begin(inst);
-			swap_inst_started(inst->gate, inst, 1, NULL);
-		} else {
-			swap_inst_started(inst->gate, inst, 0, err);
-			inst_stop(inst, NULL, NULL);
-		}
-		return;
-	}
 	if (!ok) {
 		log_warn("instance not adopted, starting a new one service=%s id=%s error=%s",
 			svc->name, inst->rt->id, log_q(err));
@@ -1029,18 +1015,9 @@ static const struct rt_found *pick_adoptee(struct supervisor *s, struct service 
 static void adopt_service(struct supervisor *s, struct service *svc, const struct rt_found *found,
 	size_t n)
 {
-	const struct rt_found *pick = pick_adoptee(s, svc, found, n), *newer = NULL;
+	const struct rt_found *pick = pick_adoptee(s, svc, found, n);
 	struct state_service *ss;
-	struct instance *cand;
 
-	/* Running beside the one state.json names and created after state.json
-	 * was written: a swap may have made it live unrecorded. Never removed
-	 * as a stray: it is health-gated, switched to if healthy. */
-	for (size_t i = 0; pick != NULL && s->state_mtime > 0 && i < n; i++)
-		if (&found[i] != pick && found[i].running && strcmp(found[i].service, svc->name) == 0 &&
-		    (strcmp(found[i].color, "blue") == 0 || strcmp(found[i].color, "green") == 0) &&
-		    strcmp(found[i].color, pick->color) != 0 && found[i].created > s->state_mtime)
-			newer = &found[i];
 	for (size_t i = 0; i < n; i++) {
 		struct instance *inst;
 
@@ -1048,7 +1025,7 @@ static void adopt_service(struct supervisor *s, struct service *svc, const struc
 		 * its command may have been cut short */
 		if (strcmp(found[i].service, svc->name) == 0 && strcmp(found[i].color, "once") != 0)
 			svc->release_pending = false;
-		if (strcmp(found[i].service, svc->name) != 0 || &found[i] == pick || &found[i] == newer)
+		if (strcmp(found[i].service, svc->name) != 0 || &found[i] == pick)
 			continue;
 		inst = inst_found(svc, &found[i]);
 		if (inst == NULL)
@@ -1076,17 +1053,6 @@ static void adopt_service(struct supervisor *s, struct service *svc, const struc
 	snprintf(svc->color, sizeof(svc->color), "%s", pick->color);
 	svc_set_state(svc, SVC_STARTING, "adopting the running instance");
 	svc->ops->adopt(&s->rt, svc->conf, svc->live->rt, inst_exited, adopted_cb, svc->live);
-	if (newer == NULL || (cand = inst_found(svc, newer)) == NULL)
-		return;
-	log_warn("instance newer than state.json, adopting it through the health gate service=%s "
-		"color=%s id=%s image=%s reason=\"created after state.json was last written: a "
-		"swap may have made it live unrecorded\"", svc->name, newer->color, newer->id,
-		log_q(newer->image));
-	if (swap_adopt_candidate(s, svc, cand) < 0) {
-		inst_stop(cand, stray_gone, NULL);
-		return;
-	}
-	svc->ops->adopt(&s->rt, svc->conf, cand->rt, inst_exited, adopted_cb, cand);
 }
 
 static void listed_cb(void *arg, int ok, const char *err, struct rt_found *found, size_t n)
@@ -1113,19 +1079,6 @@ static void listed_cb(void *arg, int ok, const char *err, struct rt_found *found
 	}
 }
 
-/* mtime of the file state_load(path) read (rc 0: path, 2: its copy); 0
- * when none. */
-static long state_file_mtime(const char *path, int rc)
-{
-	char prev[1100];
-	struct stat st;
-
-	if (rc != 0 && rc != 2)
-		return 0;
-	snprintf(prev, sizeof(prev), "%s.prev", path);
-	return stat(rc == 0 ? path : prev, &st) == 0 ? (long)st.st_mtime : 0;
-}
-
 int supervisor_start(struct supervisor *s, char **errp)
 {
 	char path[1024], *err = NULL;
@@ -1137,7 +1090,6 @@ int supervisor_start(struct supervisor *s, char **errp)
 	state_free(s->state);
 	s->state = NULL;
 	rc = state_load(path, &s->state, &err);
-	s->state_mtime = state_file_mtime(path, rc);
 	if (rc < 0)
 		log_error("state file unusable, rebuilding it from what runs error=%s", log_q(err));
 	else if (rc == 2)

@@ -107,7 +107,6 @@ struct supervisor {
 	unsigned persist_failures;    /* consecutive failed writes */
 	unsigned long persist_failures_total;
 	char persist_error[512];      /* why the last write failed; "" when saved */
-	long state_mtime;             /* of the state file loaded at start; 0 none */
 	bool started, shutting_down;
 };
 
@@ -158,10 +157,6 @@ void swap_forget_instance(struct swap *w, struct instance *inst);
 /* Replace the live instance of svc with a fresh one of its image, gated
  * (unhealthy_restart). 0 / -1 when a swap cannot start now. */
 int swap_internal_restart(struct supervisor *s, struct service *svc);
-/* cand (found running, not yet attached: ops->adopt follows and reports
- * through swap_inst_started) becomes the candidate of a gated swap of svc
- * (kind adopt): switched to once healthy, removed otherwise. 0 / -1. */
-int swap_adopt_candidate(struct supervisor *s, struct service *svc, struct instance *cand);
 /* Shutdown: detach and stop every swap's timers (candidates are left to
  * supervisor_free). */
 void swap_shutdown_all(struct supervisor *s);

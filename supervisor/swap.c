@@ -65,8 +65,7 @@ struct swap {
 
 static const char *kind_name(enum swap_kind k)
 {
-	return k == SWAP_ROLLBACK ? "rollback" : k == SWAP_RESTART ? "restart"
-		: k == SWAP_ADOPT ? "adopt" : "swap";
+	return k == SWAP_ROLLBACK ? "rollback" : k == SWAP_RESTART ? "restart" : "swap";
 }
 
 static long elapsed_ms(const struct timespec *t0)
@@ -946,30 +945,6 @@ int swap_internal_restart(struct supervisor *s, struct service *svc)
 		log_warn("replacement not started service=%s error=%s", svc->name, log_q(err));
 	free(err);
 	return w != NULL ? 0 : -1;
-}
-
-int swap_adopt_candidate(struct supervisor *s, struct service *svc, struct instance *cand)
-{
-	const char *names[] = { svc->name };
-	struct swap_request req = { .kind = SWAP_ADOPT, .n = 1, .services = names };
-	int status;
-	char *err = NULL;
-	struct swap *w = supervisor_swap(s, &req, &status, &err);
-	struct swap_item *it;
-
-	if (w == NULL) {
-		log_warn("adoption gate not started service=%s error=%s", svc->name, log_q(err));
-		free(err);
-		return -1;
-	}
-	it = &w->items[0];
-	snprintf(it->image, sizeof(it->image), "%s", cand->rt->image);
-	it->phase = IT_HEALTH;
-	it->cand = cand;
-	it->busy = true;          /* until the runtime has attached to it */
-	cand->gate = it;
-	arm_ms(it->deadline, w->timeout_ms);
-	return 0;
 }
 
 void swap_shutdown_all(struct supervisor *s)

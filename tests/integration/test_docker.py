@@ -483,9 +483,7 @@ def test_keep_images_counts_images_pinned_by_digest(pmd_factory):
 
 
 def test_stale_candidate_is_removed_at_start(pmd_factory):
-    # a running instance newer than state.json is health-gated, not removed
-    # at once (it may have gone live unrecorded); this one never answers
-    sections = stack(backend={"start_timeout": "4s"}, frontend=False)
+    sections = stack(frontend=False)
     p = pmd_factory(sections)
     p.wait_healthy("backend", 60)
     blue = live(p, "backend")["id"]
