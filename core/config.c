@@ -565,6 +565,7 @@ static const struct key keys[] = {
 	  .check = chk_host_opt, .expect = "a host name like example.com" },
 	{ .sect = S_ROUTE, .name = "service", .def = "", .off = RT(service),
 	  .check = chk_svcref_opt, .expect = "a service name" },
+	{ .sect = S_ROUTE, .name = "upstream_idle_timeout", DUR(0), .off = RT(upstream_idle_timeout_ms) },
 
 	{ .sect = S_STATIC, .name = "path", .def = "", .off = ST(path), URLPATH_OPT },
 	{ .sect = S_STATIC, .name = "file", .def = "", .off = ST(file) },

@@ -85,6 +85,7 @@ static int fill_routes(const struct pmd_config *cfg, struct snapshot *s)
 		r->prefix_len = strlen(rc->prefix);
 		r->host = xstrdup_or_null(rc->host);
 		r->service = rc->svc_index;
+		r->upstream_idle_timeout_ms = rc->upstream_idle_timeout_ms;
 		s->n_routes++;
 		if (!r->prefix || (rc->host[0] && !r->host) || (rc->name && rc->name[0] && !r->name))
 			return -1;

@@ -70,6 +70,7 @@ struct route_conf {
 	char *host;             /* "" = any host */
 	char *service;
 	int svc_index;          /* index into pmd_config.services */
+	uint64_t upstream_idle_timeout_ms;  /* 0: [proxy] upstream_idle_timeout */
 };
 
 /* [static NAME]: `file` at the exact `path`, or folder `dir` under the

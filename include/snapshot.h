@@ -53,6 +53,7 @@ struct snap_route {
 	size_t prefix_len;
 	char *host;              /* NULL = any host */
 	int service;             /* index into services */
+	uint64_t upstream_idle_timeout_ms;  /* 0: the proxy setting */
 };
 
 /* [static NAME]: one file at an exact path, or a folder under a prefix.

@@ -101,6 +101,7 @@ struct conn {
 	bool up_reusable;              /* the upstream may serve another request */
 	int status;
 	const char *reason;            /* why pmd ended the request (access log), or NULL */
+	uint64_t route_idle_ms;        /* the route's upstream_idle_timeout, 0 = the proxy's */
 	int rslot;                     /* route counter slot of the request */
 	int tls_busy;                  /* TLS requests since the last quiet tick */
 	uint32_t head_len;
@@ -1274,6 +1275,7 @@ static void conn_request(struct conn *c, const struct http_request *req)
 		c->bytes_out = 0;
 		c->status = 0;
 		c->reason = NULL;
+		c->route_idle_ms = 0;
 		copy_trunc(c->method, sizeof(c->method), req->method, req->method_len);
 		copy_trunc(c->target, sizeof(c->target), req->target, req->target_len);
 		const struct http_header *xr = http_find_header(req->headers, req->n_headers, "x-request-id");
@@ -1341,6 +1343,7 @@ static void conn_request(struct conn *c, const struct http_request *req)
 		return;
 	}
 	c->rslot = worker_route_slot(w, (size_t)(rt - s->routes));
+	c->route_idle_ms = rt->upstream_idle_timeout_ms;
 	const struct snap_service *svc = &s->services[rt->service];
 	struct backend *be = pick_backend(w, svc);
 	if (!be) {
@@ -1641,7 +1644,7 @@ static void up_read(struct io *io, void *arg)
 		}
 		evbuffer_drain(in, (size_t)r);
 		/* the response timeout ended with the head; the body may pause */
-		uint64_t idle = worker_settings(w)->upstream_idle_timeout_ms;
+		uint64_t idle = c->route_idle_ms ? c->route_idle_ms : worker_settings(w)->upstream_idle_timeout_ms;
 		if (idle)
 			timer_activity(c, idle);
 		else
