@@ -55,7 +55,8 @@ static void check_config(const struct pmd_config *c)
 	}
 	for (size_t i = 0; i < c->n_statics; i++) {
 		const struct static_conf *s = &c->statics[i];
-		CHECK(s->name && s->path[0] == '/' && *s->file && *s->content_type);
+		CHECK(s->name && s->path[0] == '/' && s->file && s->dir && s->content_type);
+		CHECK(!*s->file != !*s->dir);   /* a file or a folder */
 	}
 }
 
