@@ -457,6 +457,15 @@ static void print_proxy(const cJSON *px)
 		jnum(rs, "5xx", 0), jnum(px, "upstream_errors", 0));
 }
 
+/* Loud when state.json cannot be written (pmd retries it). */
+static void print_state_file(const cJSON *sf)
+{
+	if (!sf || !cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(sf, "saved")))
+		return;
+	printf("STATE NOT SAVED: %s cannot be written (%.0f failed attempts, retrying): %s\n",
+		jstr(sf, "path", "state.json"), jnum(sf, "failures", 0), jstr(sf, "error", "unknown error"));
+}
+
 static int cmd_status(int argc, char **argv);
 static int cmd_swap(int argc, char **argv);
 static int cmd_rollback(int argc, char **argv);
@@ -569,6 +578,7 @@ static int cmd_status(int argc, char **argv)
 	putchar('\n');
 	print_tls(cJSON_GetObjectItemCaseSensitive(doc, "tls"), now);
 	print_proxy(cJSON_GetObjectItemCaseSensitive(doc, "proxy"));
+	print_state_file(cJSON_GetObjectItemCaseSensitive(doc, "state_file"));
 	cJSON_Delete(doc);
 	free(raw);
 	return EX_OK;

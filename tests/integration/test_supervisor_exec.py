@@ -277,6 +277,8 @@ def test_unwritable_state_dir_fails_the_swap_before_the_switch(pmd_factory, tmp_
         assert [i["role"] for i in svc["instances"]] == ["live"], svc
         sf = p.status()["state_file"]
         assert sf["saved"] is False and "No space left" in sf["error"], sf
+        out = p.pmctl("status").stdout
+        assert "STATE NOT SAVED:" in out and "No space left" in out, out
         metrics = p.control("GET", "/metrics").text
         assert "pmd_state_saved 0" in metrics, metrics
         p.wait_log(r'msg="state not saved, retrying" attempt=1')
