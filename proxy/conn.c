@@ -624,7 +624,8 @@ static void conn_linger(struct conn *c)
 	io_set_write_low(&c->io, 0);
 	io_set_read_high(&c->io, 0);
 	io_read_on(&c->io, true);
-	if (c->client_eof && evbuffer_get_length(io_out(&c->io)) == 0) {
+	/* an HTTP/2 stream has no FIN to wait for: its end is the stream's */
+	if ((c->client_eof || c->io.h2s) && evbuffer_get_length(io_out(&c->io)) == 0) {
 		conn_free(c);
 		return;
 	}

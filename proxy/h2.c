@@ -37,6 +37,11 @@
  * stream's conn may be freed from nghttp2's on_stream_close; the conns'
  * callbacks run on their io's own turns (io_mem_feed, io_mem_writable).
  *
+ * nghttp2 API floor: everything used is in 1.43 (Ubuntu 22.04) but
+ * nghttp2_option_set_stream_reset_rate_limit (1.57) and
+ * nghttp2_option_set_max_continuations (1.61), used when built against
+ * those versions in addition to our own bucket and CONTINUATION cap.
+ *
  * Lifetime: a struct h2stream lives while nghttp2 has the stream open
  * (`closed` false) or its conn exists (`io`); it goes with the later of
  * the two. Stop: GOAWAY naming the last stream taken; the connection

@@ -140,6 +140,14 @@ class Origin:
                         self.wfile.flush()
                     self.wfile.write(b"0\r\n\r\n")
                     return None
+                if self.path == "/cut":          # promises more than it sends
+                    self.send_response(200)
+                    self.send_header("Content-Length", "100000")
+                    self.end_headers()
+                    self.wfile.write(b"only this")
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return None
                 if self.path == "/slow":
                     origin.go.wait(30)
                     return self.reply(b"slow done")
@@ -732,3 +740,22 @@ def test_static_folder_over_h2(pmd_factory, origin, tmp_path):
                        capture_output=True, timeout=30)
     assert r.stdout.startswith(b"HTTP/2 200") and b"etag:" in r.stdout.lower(), r.stdout
     assert not [t for t in origin.seen if t.startswith("/files")]
+
+
+def test_truncated_upstream_response_resets_the_stream(pmd_factory, origin):
+    """The origin closes before its Content-Length: the h2 client gets the
+    bytes there were, then RST_STREAM (never a clean END_STREAM), and the
+    connection keeps serving other streams."""
+    import h2.events
+    p = start(pmd_factory, origin)
+    s, c = h2conn(p.https_port)
+    c.send_headers(1, req_headers(p.https_port, "/cut"), end_stream=True)
+    s.sendall(c.data_to_send())
+    evs = pump(s, c, lambda e: any(isinstance(x, (h2.events.StreamReset, h2.events.StreamEnded)) for x in e))
+    assert any(isinstance(x, h2.events.StreamReset) for x in evs), kinds(evs)
+    assert not any(isinstance(x, h2.events.StreamEnded) for x in evs)
+    c.send_headers(3, req_headers(p.https_port, "/after"), end_stream=True)
+    s.sendall(c.data_to_send())
+    evs = pump(s, c, lambda e: any(isinstance(x, h2.events.StreamEnded) for x in e))
+    assert b"".join(e.data for e in evs if isinstance(e, h2.events.DataReceived)) == b"hello from /after"
+    s.close()
