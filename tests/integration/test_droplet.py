@@ -598,6 +598,32 @@ def installed(tmp_path_factory):
     return dest, dest / "usr/local"
 
 
+def test_make_checks_library_versions():
+    """The Makefile refuses to build against a library older than its
+    minimum (README "Supported systems"), naming each one, and needs no
+    library for `make deps` / `make clean`."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    r = subprocess.run(["make", "-n", "all", "MIN_VERSIONS=libcurl:99.0.0 inih:53 nosuchlib:1"],
+                       cwd=REPO, capture_output=True, text=True, timeout=60, env=env)
+    assert r.returncode != 0
+    assert "libraries missing or too old: libcurl>=99.0.0(found:" in r.stderr, r.stderr
+    assert "nosuchlib>=1(found:none)" in r.stderr and "inih>=" not in r.stderr, r.stderr
+    r = subprocess.run(["make", "-n", "clean", "MIN_VERSIONS=libcurl:99.0.0"], cwd=REPO,
+                       capture_output=True, text=True, timeout=60, env=env)
+    assert r.returncode == 0, r.stderr
+    # the shipped minimums hold on this machine, and match the README
+    readme = open(os.path.join(REPO, "README.md")).read()
+    mk = open(os.path.join(REPO, "Makefile")).read()
+    mins = re.search(r"^MIN_VERSIONS := ((?:.*\\\n)*.*)$", mk, re.M).group(1).replace("\\\n", " ").split()
+    names = {"libcurl": "libcurl", "openssl": "OpenSSL", "libevent_core": "libevent", "libcjson": "cJSON",
+             "inih": "inih", "libnghttp2": "nghttp2"}
+    assert {m.split(":")[0] for m in mins} >= set(names), mins
+    for m in mins:
+        lib, ver = m.split(":")
+        if lib in names:
+            assert re.search(rf"^\| {names[lib]} \| {re.escape(ver)} \|", readme, re.M), (lib, ver)
+
+
 def test_make_install_tree(installed):
     dest, prefix = installed
     found = {}
