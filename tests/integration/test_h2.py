@@ -80,6 +80,10 @@ def test_nghttp_many_streams_one_connection(pmd_factory, backend_server):
     assert r.stdout.startswith(b"HTTP/2 200") and b"content-length:" in r.stdout.lower(), r.stdout
     st = p.status()["proxy"]
     assert st["h2_streams_total"] >= 152
+    text = p.control("GET", "/metrics").text
+    streams = [l for l in text.splitlines() if l.startswith("pmd_proxy_h2_streams_total ")]
+    assert streams and float(streams[0].split()[1]) >= 152, text[-1500:]
+    assert "pmd_proxy_h2_connections_total" in text and "\npmd_proxy_h2_connections " in text
 
 
 # -- a streaming origin and a raw HTTP/2 client --------------------------------
@@ -759,3 +763,19 @@ def test_truncated_upstream_response_resets_the_stream(pmd_factory, origin):
     evs = pump(s, c, lambda e: any(isinstance(x, h2.events.StreamEnded) for x in e))
     assert b"".join(e.data for e in evs if isinstance(e, h2.events.DataReceived)) == b"hello from /after"
     s.close()
+
+
+def test_http2_false_offers_http11_only(pmd_factory, backend_server):
+    """[proxy] http2 = false: ALPN answers http/1.1 even to a client that
+    prefers h2, and requests work as before."""
+    p = start(pmd_factory, backend_server, {"http2": False})
+    ver, code, _ = curl(p, "/api/v1/echo")
+    assert (ver, code) == ("1.1", 200)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols(["h2", "http/1.1"])
+    with ctx.wrap_socket(socket.create_connection(("127.0.0.1", p.https_port), timeout=10),
+                         server_hostname="localhost") as s:
+        assert s.selected_alpn_protocol() == "http/1.1"
+    assert p.status()["proxy"]["h2_connections"] == 0
