@@ -212,11 +212,13 @@ def test_maintainer_scripts_never_touch_containers(debs, tmp_path):
     assert "preinst" not in scripts                    # nothing stopped before an upgrade
     prerm = scripts["prerm"]
     assert 'deb-systemd-invoke stop' in prerm and '"$1" = remove' in prerm, prerm
-    # the upgrade restarts a running pmd after the new files are in place,
-    # and only when the new pmd accepts the config
+    # the upgrade hands a running pmd over to the new binary (SIGUSR2: no
+    # request refused) after the new files are in place, and only when the
+    # new pmd accepts the config; it never restarts it (stop, then start)
     postinst = scripts["postinst"]
     check = postinst.index("if pmd check -c /etc/pmd/pmd.ini >/dev/null; then")
-    assert postinst.index("deb-systemd-invoke try-restart pmd.service", check) > check
+    assert postinst.index("systemctl kill -s USR2 --kill-who=main pmd.service", check) > check
+    assert "try-restart" not in postinst and "restart pmd.service" not in postinst
     assert "restart pmd.socket" not in postinst and "restart 'pmd.socket'" not in postinst
     # no unit is stopped before or restarted by debhelper for an upgrade
     assert "_dh_action" not in postinst and "pmd.socket" in postinst
