@@ -470,9 +470,12 @@ def test_malformed_requests_are_reset_before_any_backend(pmd_factory, origin):
         assert (rst and rst[0].error_code == 1) or (ga and ga[0].error_code == 1), (extra, fr)
         assert not frames_of(fr, "HeadersFrame", 1)
         s.close()
-    # a missing :path, and CONNECT
+    # a missing :path, CONNECT, and RFC 8441's extended CONNECT (pmd does
+    # not send SETTINGS_ENABLE_CONNECT_PROTOCOL: WebSockets use HTTP/1.1)
     for hdrs in ([(":method", "GET"), (":scheme", "https"), (":authority", "x")],
-                 [(":method", "CONNECT"), (":authority", "127.0.0.1:1")]):
+                 [(":method", "CONNECT"), (":authority", "127.0.0.1:1")],
+                 [(":method", "CONNECT"), (":protocol", "websocket"), (":scheme", "https"),
+                  (":path", "/bad-ws"), (":authority", "x")]):
         s, enc = raw_conn(port)
         s.sendall(headers_frame(1, enc.encode(hdrs)))
         fr = read_frames(s, lambda f: frames_of(f, "RstStreamFrame", 1) or frames_of(f, "GoAwayFrame"))
