@@ -44,8 +44,9 @@
  *
  * Lifetime: a struct h2stream lives while nghttp2 has the stream open
  * (`closed` false) or its conn exists (`io`); it goes with the later of
- * the two. Stop: GOAWAY naming the last stream taken; the connection
- * closes once those streams ended. Idle: no stream conn for
+ * the two. Stop: a shutdown notice (GOAWAY with the largest stream id),
+ * H2_STOP_NOTICE_MS later GOAWAY naming the last stream taken; the
+ * connection closes once those streams ended. Idle: no stream conn for
  * client_header_timeout (before the first request) or idle_timeout:
  * GOAWAY and close. */
 #include <errno.h>
@@ -70,7 +71,8 @@
 #define H2_RST_BURST 1000
 #define H2_RST_RATE 33
 #define H2_RES_MAX_HEAD (64 * 1024 + 4096)
-#define H2_HEADER_SLACK 1024        /* over max_header_bytes: the conn answers 431 */
+#define H2_HEADER_SLACK 1024
+#define H2_STOP_NOTICE_MS 1000      /* stopping: shutdown notice, then the last GOAWAY */        /* over max_header_bytes: the conn answers 431 */
 
 struct h2stream {
 	struct h2sess *s;
@@ -96,7 +98,7 @@ struct h2sess {
 	struct event ev_send, timer;
 	struct h2stream *streams;
 	size_t n_conns;              /* streams with a conn */
-	bool any, stopping, dying, rd_paused, timer_on;
+	bool any, stopping, goaway_final, dying, rd_paused, timer_on;
 	int ncont;                   /* CONTINUATION frames of the current block */
 	double rst_tokens;
 	uint64_t rst_ms;
@@ -111,8 +113,8 @@ static void sess_sched(struct h2sess *s)
 /* Arm the idle timer when no stream has a conn. */
 static void sess_idle_check(struct h2sess *s)
 {
-	if (s->dying)
-		return;
+	if (s->dying || s->stopping)
+		return;                  /* stopping: the timer sends the last GOAWAY */
 	if (s->n_conns) {
 		if (s->timer_on)
 			event_del(&s->timer);
@@ -558,7 +560,7 @@ static int sess_send(struct h2sess *s)
 		evbuffer_add(out, data, (size_t)n);
 	}
 	if ((!nghttp2_session_want_read(s->ng) && !nghttp2_session_want_write(s->ng)) ||
-	    (s->stopping && !s->streams && !nghttp2_session_want_write(s->ng))) {
+	    (s->goaway_final && !s->streams && !nghttp2_session_want_write(s->ng))) {
 		if (!evbuffer_get_length(out)) {
 			sess_close(s);
 			return -1;
@@ -627,6 +629,14 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
 	struct h2sess *s = arg;
 	struct worker *w = s->w;
 	s->timer_on = false;
+	if (s->stopping) {           /* the notice had its second: the last GOAWAY */
+		s->goaway_final = true;
+		nghttp2_submit_goaway(s->ng, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(s->ng),
+			NGHTTP2_NO_ERROR, NULL, 0);
+		sess_send(s);
+		worker_flush(w);
+		return;
+	}
 	if (s->n_conns)
 		return;
 	nghttp2_session_terminate_session(s->ng, NGHTTP2_NO_ERROR);
@@ -705,8 +715,13 @@ void h2_shutdown(struct h2sess *s)
 	if (s->stopping)
 		return;
 	s->stopping = true;
-	nghttp2_submit_goaway(s->ng, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(s->ng),
-		NGHTTP2_NO_ERROR, NULL, 0);
+	/* RFC 9113 §6.8: a GOAWAY that refuses nothing yet, then one naming
+	 * the last stream taken; a request already on the wire is served */
+	nghttp2_submit_shutdown_notice(s->ng);
+	if (s->timer_on)
+		event_del(&s->timer);
+	event_add(&s->timer, worker_tv(s->w, H2_STOP_NOTICE_MS));
+	s->timer_on = true;
 	sess_sched(s);
 }
 
