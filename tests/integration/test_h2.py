@@ -387,6 +387,10 @@ def test_goaway_on_stop_finishes_streams(pmd_factory, origin):
     c.send_headers(1, req_headers(p.https_port, "/slow"), end_stream=True)
     s.sendall(c.data_to_send())
     wait_for(lambda: "/slow" in origin.seen, what="the origin got the request")
+    # the stream is a request in flight (what a swap's drain waits for)
+    inflight = [l for l in p.control("GET", "/metrics").text.splitlines()
+                if l.startswith("pmd_http_requests_in_flight ")]
+    assert inflight == ["pmd_http_requests_in_flight 1"], inflight
     p.signal(signal.SIGTERM)
     fr = read_frames(s, lambda f: any(type(x).__name__ == "GoAwayFrame" for x in f))
     ga = [f for f in fr if type(f).__name__ == "GoAwayFrame"]
