@@ -90,9 +90,12 @@ def pebble():
 # Parallel runs (pytest-xdist, `-n N --dist loadgroup`): tests that share one
 # peer run on one worker, one after the other. The test dockerd is shared
 # (docker_env's teardown removes every pmd container), and so is Pebble's
-# http-01 validation port. Everything else runs wherever there is room.
+# http-01 validation port. test_package's tests share one package build (a
+# module fixture: one per worker otherwise, racing in one folder) and the
+# machine's dpkg database. Everything else runs wherever there is room.
 _DOCKER_MODULES = {"test_docker", "test_zero_downtime"}
 _PEBBLE_MODULES = {"test_acme"}
+_ONE_WORKER_MODULES = {"test_package"}
 
 
 @pytest.hookimpl(tryfirst=True)   # before xdist reads the groups
@@ -100,7 +103,9 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         mod = item.module.__name__.rsplit(".", 1)[-1]
         names = set(getattr(item, "fixturenames", ()))
-        if mod in _DOCKER_MODULES or names & {"docker_env", "registry"}:
+        if mod in _ONE_WORKER_MODULES:
+            item.add_marker(pytest.mark.xdist_group(mod))
+        elif mod in _DOCKER_MODULES or names & {"docker_env", "registry"}:
             item.add_marker(pytest.mark.xdist_group("docker"))
         elif mod in _PEBBLE_MODULES or names & {"pebble", "own_pebble"}:
             item.add_marker(pytest.mark.xdist_group("pebble"))
