@@ -14,29 +14,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-5}
 PMD=${PMD:-build/pmd}
-[ "$RUNS" -le 50 ] || { echo "RUNS is capped at 50" >&2; exit 2; }
-for t in pebble pebble-challtestsrv openssl python3; do
-	command -v $t >/dev/null || { echo "missing $t (make deps)" >&2; exit 2; }
-done
-[ -x "$PMD" ] || make -s
+. bench/lib.sh
+bench_cap RUNS 50
+bench_need pebble pebble-challtestsrv openssl python3
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-T=$(mktemp -d /tmp/pmd-bench-acme.XXXXXX)
-PIDS=()
-cleanup() {
-	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-	for p in "${PIDS[@]}"; do
-		for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-		kill -9 "$p" 2>/dev/null || true
-	done
-	rm -rf "$T"
-}
-trap cleanup EXIT
-
+bench_tmp pmd-bench-acme
 ACME=$(free_port); MGMT=$(free_port); DNS=$(free_port); CHM=$(free_port); HTTP=$(free_port)
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=localhost \
-	-addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout "$T/key.pem" -out "$T/cert.pem" 2>/dev/null
+bench_cert 1
 cat > "$T/pebble.json" <<JSON
 {"pebble": {"listenAddress": "127.0.0.1:$ACME", "managementListenAddress": "127.0.0.1:$MGMT",
  "certificate": "$T/cert.pem", "privateKey": "$T/key.pem", "httpPort": $HTTP,

@@ -21,41 +21,14 @@ IDLE=${IDLE:-500}
 PMD=${PMD:-build/pmd}
 BASE_PORT=${BASE_PORT:-18280}
 ORIGIN=$BASE_PORT; S_PMD=$((BASE_PORT+1)); S_HAP=$((BASE_PORT+2)); S_NGX=$((BASE_PORT+3))
-[ "$DURATION" -le 60 ] || { echo "DURATION is capped at 60 s" >&2; exit 2; }
-[ "$ROUNDS" -le 5 ] || { echo "ROUNDS is capped at 5" >&2; exit 2; }
-[ "$IDLE" -le 2000 ] || { echo "IDLE is capped at 2000" >&2; exit 2; }
-for t in h2load nginx haproxy openssl /usr/bin/python3; do
-	command -v $t >/dev/null || { echo "missing $t (make deps)" >&2; exit 2; }
-done
-[ -x "$PMD" ] || make -s
-
-T=$(mktemp -d /tmp/pmd-h2bench.XXXXXX)
-chmod 755 "$T"               # nginx workers (www-data) read the files
-PIDS=()
-stop_all() {
-	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-	for p in "${PIDS[@]}"; do
-		for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-		kill -9 "$p" 2>/dev/null || true
-	done
-	rm -rf "$T"
-}
-trap stop_all EXIT
-
-mkdir -p "$T/www"
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
-	-subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1 \
-	-keyout "$T/key.pem" -out "$T/cert.pem" 2>/dev/null
-cat "$T/cert.pem" "$T/key.pem" > "$T/both.pem"
-printf 'ok\n' > "$T/www/small"
-head -c 4096 /dev/zero | tr '\0' 'x' > "$T/www/4k"
-
-cat > "$T/origin.conf" <<NGX
-daemon off; worker_processes 1; pid $T/origin.pid; error_log $T/origin.err;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 1000000;
-  server { listen 127.0.0.1:$ORIGIN reuseport; root $T/www; location / { } } }
-NGX
+. bench/lib.sh
+bench_cap DURATION 60
+bench_cap ROUNDS 5
+bench_cap IDLE 2000
+bench_need h2load nginx haproxy openssl /usr/bin/python3
+bench_tmp pmd-h2bench
+bench_cert
+bench_origin "$ORIGIN"
 cat > "$T/nginx.conf" <<NGX
 daemon off; worker_processes 2; pid $T/nginx.pid; error_log $T/nginx.err;
 events { worker_connections 4096; }
@@ -84,42 +57,10 @@ backend b
   http-reuse always
   server o 127.0.0.1:$ORIGIN
 HAP
-cat > "$T/pmd.ini" <<INI
-[pmd]
-state_dir = $T/pmd-state
-control_socket = $T/pmd.sock
-log_level = warn
-[proxy]
-http_listen =
-https_listen = 127.0.0.1:$S_PMD
-workers = 2
-access_log = false
-redirect_https = false
-hsts =
-[tls]
-mode = files
-cert_file = $T/cert.pem
-key_file = $T/key.pem
-[service origin]
-runtime = external
-address = 127.0.0.1:$ORIGIN
-health_path = /small
-health_interval = 1s
-healthy_threshold = 1
-[route all]
-prefix = /
-service = origin
-INI
-
-nginx -c "$T/origin.conf" & PIDS+=($!)
-nginx -c "$T/nginx.conf" & PIDS+=($!); NGX_MASTER=$!
-haproxy -f "$T/haproxy.cfg" -db >/dev/null 2>&1 & PIDS+=($!); HAP_PID=$!
-"$PMD" run -c "$T/pmd.ini" 2>"$T/pmd.log" & PIDS+=($!); PMD_PID=$!
+bench_proxies "" "127.0.0.1:$S_PMD" "$ORIGIN"
 
 port_of() { case $1 in pmd) echo $S_PMD;; haproxy) echo $S_HAP;; nginx) echo $S_NGX;; esac; }
 pids_of() { case $1 in nginx) echo "$NGX_MASTER $(pgrep -P "$NGX_MASTER" | tr '\n' ' ')";; haproxy) echo $HAP_PID;; pmd) echo $PMD_PID;; esac; }
-ticks() { local s=0; for p in $1; do s=$((s + $(awk '{print $14+$15}' /proc/$p/stat))); done; echo $s; }
-rss() { local s=0; for p in $1; do s=$((s + $(awk '/^VmRSS/{print $2}' /proc/$p/status))); done; echo $s; }
 HZ=$(getconf CLK_TCK)
 
 for tgt in pmd haproxy nginx; do
@@ -136,10 +77,10 @@ run_one() { # target size
 	local tgt=$1 size=$2 pids t0 t1 out key=$1,$2
 	pids=$(pids_of "$tgt")
 	rm -f "$T/h2load.log"
-	t0=$(ticks "$pids")
+	t0=$(cpu_ticks "$pids")
 	out=$(timeout $((DURATION + 30)) h2load -t 2 -c "$CLIENTS" -m "$STREAMS" -D "$DURATION" \
 		--log-file="$T/h2load.log" "https://127.0.0.1:$(port_of "$tgt")/$size" 2>&1)
-	t1=$(ticks "$pids")
+	t1=$(cpu_ticks "$pids")
 	local reqs rps
 	reqs=$(awk '/^requests:/{print $8}' <<<"$out")      # succeeded
 	rps=$(awk '/^finished in/{gsub(",","",$4); print $4}' <<<"$out")
@@ -155,7 +96,7 @@ run_one() { # target size
 # run freed would hide it): IDLE connections that each made one request
 declare -A PERCONN
 for tgt in pmd haproxy nginx; do
-	before=$(rss "$(pids_of $tgt)")
+	before=$(rss_kib "$(pids_of $tgt)")
 	/usr/bin/python3 - "$(port_of $tgt)" "$IDLE" "$T/held.$tgt" <<'PY' &
 import socket, ssl, sys, time
 import h2.config, h2.connection, h2.events
@@ -183,7 +124,7 @@ PY
 	holder=$!
 	for _ in $(seq 600); do [ -e "$T/held.$tgt" ] && break; sleep 0.1; done
 	sleep 2
-	after=$(rss "$(pids_of $tgt)")
+	after=$(rss_kib "$(pids_of $tgt)")
 	PERCONN[$tgt]=$(awk -v a="$after" -v b="$before" -v n="$IDLE" 'BEGIN{printf "%.1f", (a-b)/n}')
 	wait $holder || true
 	sleep 1
@@ -199,7 +140,6 @@ for r in $(seq "$ROUNDS"); do
 	done
 done
 
-med() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END{if(NR==0){print "-"} else if(NR%2){print a[(NR+1)/2]} else {printf "%.2f\n",(a[NR/2]+a[NR/2+1])/2}}'; }
 printf '\n%-8s %-6s %10s %9s %12s\n' target size "req/s" "p99 ms" "cpu us/req"
 for size in small 4k; do
 	for tgt in pmd haproxy nginx; do

@@ -20,39 +20,13 @@ PMD=${PMD:-build/pmd}
 BASE_PORT=${BASE_PORT:-18180}
 ORIGIN=$BASE_PORT; P_PMD=$((BASE_PORT+1)); P_HAP=$((BASE_PORT+2)); P_NGX=$((BASE_PORT+3))
 S_PMD=$((BASE_PORT+4)); S_HAP=$((BASE_PORT+5)); S_NGX=$((BASE_PORT+6))
-[ "$DURATION" -le 60 ] || { echo "DURATION is capped at 60 s" >&2; exit 2; }
-[ "$ROUNDS" -le 5 ] || { echo "ROUNDS is capped at 5" >&2; exit 2; }
-for t in wrk nginx haproxy python3; do command -v $t >/dev/null || { echo "missing $t (make deps)" >&2; exit 2; }; done
-[ -x "$PMD" ] || make -s
-
-T=$(mktemp -d /tmp/pmd-bench.XXXXXX)
-chmod 755 "$T" # nginx workers (www-data) read the files
-PIDS=()
-cleanup() {
-	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-	for p in "${PIDS[@]}"; do
-		for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-		kill -9 "$p" 2>/dev/null || true
-	done
-	rm -rf "$T"
-}
-trap cleanup EXIT
-
-mkdir -p "$T/www"
-# one ECDSA P-256 certificate for all three proxies
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
-	-subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1 \
-	-keyout "$T/key.pem" -out "$T/cert.pem" 2>/dev/null
-cat "$T/cert.pem" "$T/key.pem" > "$T/both.pem"
-printf 'ok\n' > "$T/www/small"
-head -c 4096 /dev/zero | tr '\0' 'x' > "$T/www/4k"
-
-cat > "$T/origin.conf" <<NGX
-daemon off; worker_processes 1; pid $T/origin.pid; error_log $T/origin.err;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 1000000;
-  server { listen 127.0.0.1:$ORIGIN reuseport; root $T/www; location / { } } }
-NGX
+. bench/lib.sh
+bench_cap DURATION 60
+bench_cap ROUNDS 5
+bench_need wrk nginx haproxy python3
+bench_tmp pmd-bench
+bench_cert # one certificate for all three proxies
+bench_origin "$ORIGIN"
 cat > "$T/nginx.conf" <<NGX
 daemon off; worker_processes 2; pid $T/nginx.pid; error_log $T/nginx.err;
 events { worker_connections 4096; }
@@ -83,44 +57,8 @@ backend b
   http-reuse always
   server o 127.0.0.1:$ORIGIN
 HAP
-cat > "$T/pmd.ini" <<INI
-[pmd]
-state_dir = $T/pmd-state
-control_socket = $T/pmd.sock
-log_level = warn
-[proxy]
-http_listen = 127.0.0.1:$P_PMD
-https_listen = 127.0.0.1:$S_PMD
-workers = 2
-access_log = false
-redirect_https = false
-hsts =
-[tls]
-mode = files
-cert_file = $T/cert.pem
-key_file = $T/key.pem
-[service origin]
-runtime = external
-address = 127.0.0.1:$ORIGIN
-health_path = /small
-health_interval = 1s
-healthy_threshold = 1
-[route all]
-prefix = /
-service = origin
-INI
+bench_proxies "127.0.0.1:$P_PMD" "127.0.0.1:$S_PMD" "$ORIGIN"
 
-nginx -c "$T/origin.conf" & PIDS+=($!)
-nginx -c "$T/nginx.conf" & PIDS+=($!); NGX_MASTER=$!
-haproxy -f "$T/haproxy.cfg" -db >/dev/null 2>&1 & PIDS+=($!); HAP_PID=$!
-"$PMD" run -c "$T/pmd.ini" 2>"$T/pmd.log" & PIDS+=($!); PMD_PID=$!
-
-wait_ok() { # url [curl option]
-	for _ in $(seq 100); do
-		curl -fsS ${2:-} -o /dev/null "$1" 2>/dev/null && return 0; sleep 0.1
-	done
-	echo "not answering: $1" >&2; exit 1
-}
 wait_ok "http://127.0.0.1:$ORIGIN/small"
 wait_ok "http://127.0.0.1:$P_NGX/small"
 wait_ok "http://127.0.0.1:$P_HAP/small"
@@ -129,8 +67,6 @@ for p in $S_PMD $S_HAP $S_NGX; do wait_ok "https://127.0.0.1:$p/small" -k; done
 
 # pids of a server: nginx master + workers, or the single process
 pids_of() { case $1 in nginx) echo "$NGX_MASTER $(pgrep -P "$NGX_MASTER" | tr '\n' ' ')";; haproxy) echo $HAP_PID;; pmd) echo $PMD_PID;; direct) echo "";; esac; }
-cpu_ticks() { local s=0; for p in $1; do s=$((s + $(awk '{print $14+$15}' /proc/$p/stat))); done; echo $s; }
-rss_kib() { local s=0; for p in $1; do s=$((s + $(awk '/^VmRSS/{print $2}' /proc/$p/status))); done; echo $s; }
 port_of() { case $1 in direct) echo $ORIGIN;; pmd) echo $P_PMD;; haproxy) echo $P_HAP;; nginx) echo $P_NGX;; esac; }
 tls_port_of() { case $1 in pmd) echo $S_PMD;; haproxy) echo $S_HAP;; nginx) echo $S_NGX;; esac; }
 HZ=$(getconf CLK_TCK)
@@ -212,8 +148,6 @@ for tgt in pmd haproxy nginx; do
 	done
 done
 
-med() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END{if(NR==0){print "-"} else if(NR%2){print a[(NR+1)/2]} else {printf "%.2f\n",(a[NR/2]+a[NR/2+1])/2}}'; }
-lat_ms() { tr ' ' '\n' | grep -v '^$' | awk '{v=$1; if(v~/us$/){sub("us","",v); v/=1000} else if(v~/ms$/){sub("ms","",v)} else if(v~/s$/){sub("s","",v); v*=1000}; print v}' | med; }
 
 printf '\n%-8s %-6s %10s %9s %9s %12s\n' target size "req/s" "p50 ms" "p99 ms" "cpu us/req"
 for size in small 4k; do

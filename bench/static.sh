@@ -19,32 +19,18 @@ CONNS=${CONNS:-64}
 PMD=${PMD:-build/pmd}
 BASE_PORT=${BASE_PORT:-18280}
 P_PMD=$BASE_PORT; P_NGX=$((BASE_PORT+1)); S_PMD=$((BASE_PORT+2)); S_NGX=$((BASE_PORT+3))
-[ "$DURATION" -le 60 ] || { echo "DURATION is capped at 60 s" >&2; exit 2; }
-[ "$ROUNDS" -le 5 ] || { echo "ROUNDS is capped at 5" >&2; exit 2; }
-for t in wrk nginx openssl curl; do command -v $t >/dev/null || { echo "missing $t (make deps)" >&2; exit 2; }; done
-[ -x "$PMD" ] || make -s
-
-T=$(mktemp -d /tmp/pmd-bench-static.XXXXXX)
-chmod 755 "$T" # nginx workers (www-data) read the files
-PIDS=()
-cleanup() {
-	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-	for p in "${PIDS[@]}"; do
-		for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-		kill -9 "$p" 2>/dev/null || true
-	done
-	rm -rf "$T"
-}
-trap cleanup EXIT
+. bench/lib.sh
+bench_cap DURATION 60
+bench_cap ROUNDS 5
+bench_need wrk nginx openssl curl
+bench_tmp pmd-bench-static
 
 mkdir -p "$T/www/static/css" "$T/www/static/media"
 head -c 4096 /dev/urandom > "$T/www/static/css/app.0123456789ab.css"
 head -c 1048576 /dev/urandom > "$T/www/static/media/video.bin"
 chmod -R a+rX "$T/www"
 declare -A FILE=([4k]=/static/css/app.0123456789ab.css [1m]=/static/media/video.bin)
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
-	-subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1 \
-	-keyout "$T/key.pem" -out "$T/cert.pem" 2>/dev/null
+bench_cert
 
 cat > "$T/nginx.conf" <<NGX
 daemon off; worker_processes 2; pid $T/nginx.pid; error_log $T/nginx.err;
@@ -57,22 +43,8 @@ http { access_log off; keepalive_requests 1000000; sendfile on;
     ssl_protocols TLSv1.2 TLSv1.3;
     root $T/www; location /static/ { } } }
 NGX
-cat > "$T/pmd.ini" <<INI
-[pmd]
-state_dir = $T/pmd-state
-control_socket = $T/pmd.sock
-log_level = warn
-[proxy]
-http_listen = 127.0.0.1:$P_PMD
-https_listen = 127.0.0.1:$S_PMD
-workers = 2
-access_log = false
-redirect_https = false
-hsts =
-[tls]
-mode = files
-cert_file = $T/cert.pem
-key_file = $T/key.pem
+bench_pmd_ini "127.0.0.1:$P_PMD" "127.0.0.1:$S_PMD"
+cat >> "$T/pmd.ini" <<INI
 [static www]
 path = /static/
 dir = $T/www/static
@@ -81,14 +53,8 @@ INI
 nginx -c "$T/nginx.conf" & PIDS+=($!); NGX_MASTER=$!
 "$PMD" run -c "$T/pmd.ini" 2>"$T/pmd.log" & PIDS+=($!); PMD_PID=$!
 
-wait_ok() { # url
-	for _ in $(seq 100); do
-		curl -fsSk -o /dev/null "$1" 2>/dev/null && return 0; sleep 0.1
-	done
-	echo "not answering: $1" >&2; exit 1
-}
 for u in "http://127.0.0.1:$P_PMD" "http://127.0.0.1:$P_NGX" "https://127.0.0.1:$S_PMD" "https://127.0.0.1:$S_NGX"; do
-	wait_ok "$u${FILE[4k]}"
+	wait_ok "$u${FILE[4k]}" -k
 done
 # same bytes from both
 for s in 4k 1m; do
@@ -96,7 +62,6 @@ for s in 4k 1m; do
 done
 
 pids_of() { case $1 in nginx) echo "$NGX_MASTER $(pgrep -P "$NGX_MASTER" | tr '\n' ' ')";; pmd) echo $PMD_PID;; esac; }
-cpu_ticks() { local s=0; for p in $1; do s=$((s + $(awk '{print $14+$15}' /proc/$p/stat))); done; echo $s; }
 HZ=$(getconf CLK_TCK)
 
 declare -A RPS P50 P99 CPU MBS ERR
@@ -131,8 +96,6 @@ for r in $(seq "$ROUNDS"); do
 	done
 done
 
-med() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END{if(NR==0){print "-"} else if(NR%2){print a[(NR+1)/2]} else {printf "%.2f\n",(a[NR/2]+a[NR/2+1])/2}}'; }
-lat_ms() { tr ' ' '\n' | grep -v '^$' | awk '{v=$1; if(v~/us$/){sub("us","",v); v/=1000} else if(v~/ms$/){sub("ms","",v)} else if(v~/s$/){sub("s","",v); v*=1000}; print v}' | med; }
 
 printf '\n%-6s %-4s %-6s %10s %8s %9s %9s %12s %7s\n' target size scheme "req/s" "MB/s" "p50 ms" "p99 ms" "cpu us/req" errors
 for size in 4k 1m; do
