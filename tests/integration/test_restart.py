@@ -155,9 +155,11 @@ def handover_containers():
 
 @pytest.mark.skipif(any(not os.environ.get(n) for n in DOCKER_ENV),
                     reason="needs the test dockerd, registry and images (tests/services.sh)")
-def test_handover_docker_keeps_the_container(pmd_factory):
+def test_handover_docker_keeps_the_container(pmd_factory, docker_env, registry):
     """The production case: the new pmd adopts the running container (no
-    restart of it, no second one) and no request fails."""
+    restart of it, no second one) and no request fails. (docker_env puts it
+    on the xdist worker of the other Docker tests, whose teardown removes
+    every pmd container: elsewhere they removed this one mid-test.)"""
     for c in handover_containers():
         pmdtest.docker("rm", "-f", c, check=False)
     p = pmd_factory({"service handover": {
