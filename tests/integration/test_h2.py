@@ -273,29 +273,39 @@ def req_headers(port, path="/", method="GET", extra=()):
             (":path", path), *extra]
 
 
-def pump(s, c, until, timeout=20):
-    """Read frames until until(events_so_far) is true or the connection
-    ends; returns the events."""
+def recv_until(s, done, feed, timeout=20):
+    """Feed what s receives to feed(bytes) until done() is true, the
+    connection ends, or timeout s pass; feed returns False to stop."""
     import time
-    events = []
     end = time.monotonic() + timeout
     s.settimeout(0.5)
-    while not until(events) and time.monotonic() < end:
+    while not done() and time.monotonic() < end:
         try:
             d = s.recv(65536)
         except socket.timeout:
             continue
         except (ConnectionError, ssl.SSLError):
-            break
-        if not d:
-            break
-        events += c.receive_data(d)
+            return
+        if not d or feed(d) is False:
+            return
+
+
+def pump(s, c, until, timeout=20):
+    """Read frames until until(events_so_far) is true or the connection
+    ends; returns the events."""
+    events = []
+
+    def feed(d):
+        events.extend(c.receive_data(d))
         out = c.data_to_send()
         if out:
             try:
                 s.sendall(out)
             except (ConnectionError, ssl.SSLError):
-                break
+                return False
+        return True
+
+    recv_until(s, lambda: until(events), feed, timeout)
     return events
 
 
@@ -352,28 +362,21 @@ def test_sse_event_by_event(pmd_factory, origin):
 
 def read_frames(s, until, timeout=20):
     """Raw frames from s (hyperframe) until until(frames) or the end."""
-    import time
     from hyperframe.frame import Frame
-    frames, buf = [], b""
-    end = time.monotonic() + timeout
-    s.settimeout(0.5)
-    while not until(frames) and time.monotonic() < end:
-        try:
-            d = s.recv(65536)
-        except socket.timeout:
-            continue
-        except (ConnectionError, ssl.SSLError):
-            break
-        if not d:
-            break
-        buf += d
+    frames, buf = [], bytearray()
+
+    def feed(d):
+        buf.extend(d)
         while len(buf) >= 9:
-            f, length = Frame.parse_frame_header(memoryview(buf[:9]))
+            f, length = Frame.parse_frame_header(memoryview(bytes(buf[:9])))
             if len(buf) < 9 + length:
                 break
-            f.parse_body(memoryview(buf[9:9 + length]))
+            f.parse_body(memoryview(bytes(buf[9:9 + length])))
             frames.append(f)
-            buf = buf[9 + length:]
+            del buf[:9 + length]
+        return True
+
+    recv_until(s, lambda: until(frames), feed, timeout)
     return frames
 
 
