@@ -42,6 +42,47 @@ def free_port():
         return s.getsockname()[1]
 
 
+def serve_unix(path, handle, backlog=64):
+    """Listen on the unix socket path; every connection accepted goes to
+    handle(conn) in a thread of its own, until the returned listening
+    socket is closed (the accept loop notices within 0.2 s)."""
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(str(path))
+    srv.listen(backlog)
+    srv.settimeout(0.2)
+
+    def loop():
+        while True:
+            try:
+                c, _ = srv.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            c.settimeout(None)
+            threading.Thread(target=handle, args=(c,), daemon=True).start()
+
+    threading.Thread(target=loop, daemon=True).start()
+    return srv
+
+
+def relay(src, dst):
+    """Copy src to dst until src ends or fails, then half-close dst (its
+    reader sees EOF, as from the real peer)."""
+    try:
+        while True:
+            d = src.recv(65536)
+            if not d:
+                break
+            dst.sendall(d)
+    except OSError:
+        pass
+    try:
+        dst.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+
+
 def wait_for(pred, timeout=10.0, interval=0.05, what="condition"):
     """Call pred() until it returns a true value (returned) or timeout
     seconds pass (AssertionError). Exceptions count as false."""

@@ -656,10 +656,7 @@ class EngineProxy:
         self.up()
 
     def up(self):
-        self.srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.srv.bind(self.path)
-        self.srv.listen(64)
-        threading.Thread(target=self._accept, args=(self.srv,), daemon=True).start()
+        self.srv = pmdtest.serve_unix(self.path, self._accepted)
 
     def down(self):
         srv, self.srv = self.srv, None
@@ -675,34 +672,13 @@ class EngineProxy:
                 c.close()
             self.conns = []
 
-    def _accept(self, srv):
-        while True:
-            try:
-                a, _ = srv.accept()
-            except OSError:
-                return
-            b = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            b.connect(self.target)
-            with self.lock:
-                self.conns += [a, b]
-            for x, y in ((a, b), (b, a)):
-                threading.Thread(target=self._pipe, args=(x, y), daemon=True).start()
-
-    @staticmethod
-    def _pipe(src, dst):
-        try:
-            while True:
-                data = src.recv(65536)
-                if not data:
-                    break
-                dst.sendall(data)
-        except OSError:
-            pass
-        for s in (src, dst):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+    def _accepted(self, a):
+        b = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        b.connect(self.target)
+        with self.lock:
+            self.conns += [a, b]
+        threading.Thread(target=pmdtest.relay, args=(b, a), daemon=True).start()
+        pmdtest.relay(a, b)
 
     def close(self):
         if self.srv is not None:

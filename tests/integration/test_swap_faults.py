@@ -18,7 +18,7 @@ import uuid
 
 import pytest
 
-from pmdtest import docker, wait_for
+from pmdtest import docker, relay, serve_unix, wait_for
 
 @pytest.fixture
 def dk(docker_env, registry):
@@ -80,20 +80,8 @@ class FakeEngine:
         self.path = path
         self.calls = []
         self.held = []
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.bind(path)
-        self.sock.listen(16)
         self.stop = threading.Event()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        self.sock.settimeout(0.2)
-        while not self.stop.is_set():
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                continue
-            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+        self.sock = serve_unix(path, self._serve)
 
     def _serve(self, c):
         buf = b""
@@ -302,25 +290,16 @@ class FaultyEngine:
         self.path, self.real = path, real
         self.fail = None
         self.failed = []
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.bind(path)
-        self.sock.listen(64)
         self.stop = threading.Event()
         self.conns = []
-        threading.Thread(target=self._accept, daemon=True).start()
+        self.sock = serve_unix(path, self._accepted)
 
-    def _accept(self):
-        self.sock.settimeout(0.2)
-        while not self.stop.is_set():
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                continue
-            up = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            up.connect(self.real)
-            self.conns += [c, up]
-            threading.Thread(target=self._c2s, args=(c, up), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(up, c), daemon=True).start()
+    def _accepted(self, c):
+        up = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        up.connect(self.real)
+        self.conns += [c, up]
+        threading.Thread(target=relay, args=(up, c), daemon=True).start()
+        self._c2s(c, up)
 
     def _c2s(self, c, up):
         try:
@@ -346,21 +325,6 @@ class FaultyEngine:
                 s.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
-
-    @staticmethod
-    def _pipe(a, b):
-        try:
-            while True:
-                d = a.recv(65536)
-                if not d:
-                    break
-                b.sendall(d)
-        except OSError:
-            pass
-        try:
-            b.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
 
     def close(self):
         self.stop.set()
